@@ -1,0 +1,206 @@
+/**
+ * BlockEngine: byte-level reads and writes through a plugin's Image, with
+ * the kernel target's semantics reproduced in userspace: a mapping is asked
+ * for once and remembered (unless temporary), writes to read-only or zero
+ * mappings fault back to the plugin, copy-first copies the whole source
+ * block before the write lands.
+ *
+ * `dmu convert` reads and writes images through it, and the host tests use
+ * it to prove a plugin's decisions give the right bytes without a kernel.
+ * It is not the data path of an attached disk: there the kernel does this.
+ */
+import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DmuError } from '../errors.js';
+import type { Image, MapDecision, OpenOptions, Plugin, ScratchArea } from './types.js';
+
+type Remembered = Extract<MapDecision, { kind: 'map' | 'zero' }>;
+
+export interface EngineStats {
+	requests: number;
+	copies: number;
+	faults: number;
+}
+
+/** A sparse temp file standing in for cowd's scratch device. */
+class ScratchFile implements ScratchArea {
+	#next = 0n;
+	constructor(
+		readonly dev: number,
+		readonly fh: FileHandle,
+		readonly dir: string,
+	) {}
+	async put(data: Buffer): Promise<bigint> {
+		const sector = this.#next;
+		await this.fh.write(data, 0, data.length, Number(sector * 512n));
+		this.#next += BigInt(Math.ceil(data.length / 512));
+		return sector;
+	}
+}
+
+export class BlockEngine {
+	readonly stats: EngineStats = { requests: 0, copies: 0, faults: 0 };
+	#mappings = new Map<bigint, Remembered>();
+	#files: FileHandle[];
+	#scratch: ScratchFile | undefined;
+	#bs: number;
+
+	private constructor(
+		readonly image: Image,
+		files: FileHandle[],
+		scratch: ScratchFile | undefined,
+	) {
+		this.#files = files;
+		this.#scratch = scratch;
+		this.#bs = image.blockSize;
+	}
+
+	/** Open `path` with `plugin` and the files its devices name. */
+	static async open(plugin: Plugin, path: string, opts: OpenOptions = {}): Promise<BlockEngine> {
+		// The scratch device index is only known once the image says how many
+		// devices it has; a lazy ScratchArea resolves it on first use.
+		let scratch: ScratchFile | undefined;
+		let image: Image | undefined;
+		const lazy: ScratchArea = {
+			get dev() {
+				return image ? image.devices.length : -1;
+			},
+			async put(data) {
+				if (!scratch) {
+					const dir = await mkdtemp(join(tmpdir(), 'dmu-scratch-'));
+					scratch = new ScratchFile(image!.devices.length, await open(join(dir, 'scratch'), 'w+'), dir);
+				}
+				return scratch.put(data);
+			},
+		};
+		image = await plugin.open(path, { ...opts, scratch: opts.scratch ?? lazy });
+		const files: FileHandle[] = [];
+		try {
+			for (const d of image.devices) files.push(await open(d.path, d.writable && !opts.readOnly ? 'r+' : 'r'));
+		} catch (e) {
+			await Promise.all(files.map((f) => f.close()));
+			await image.close();
+			throw e;
+		}
+		const engine = new BlockEngine(image, files, undefined);
+		engine.#scratchRef = () => scratch;
+		return engine;
+	}
+
+	#scratchRef: () => ScratchFile | undefined = () => this.#scratch;
+
+	#file(dev: number): FileHandle {
+		const s = this.#scratchRef();
+		if (dev === this.image.devices.length && s) return s.fh;
+		const f = this.#files[dev];
+		if (!f) throw new DmuError('DMU_ERR_PLUGIN_BUG', `${this.image.format}: mapping names device ${dev}, image has ${this.#files.length}`);
+		return f;
+	}
+
+	async #decide(block: bigint, write: boolean, wholeBlock: boolean): Promise<Remembered> {
+		const known = this.#mappings.get(block);
+		const usable = known && (!write || (known.kind === 'map' && known.writable));
+		if (known && usable) return known;
+		if (known) this.stats.faults++;
+		this.stats.requests++;
+		const d = await this.image.map({ block, write, wholeBlock, roFault: known !== undefined });
+		if (d.kind === 'error') {
+			throw new DmuError('DMU_ERR_IO', `${this.image.format}: block ${block}: I/O error (errno ${d.errno})`);
+		}
+		if (write && !(d.kind === 'map' && d.writable)) {
+			throw new DmuError('DMU_ERR_PLUGIN_BUG', `${this.image.format}: write to block ${block} got a read-only answer`);
+		}
+		if (d.kind === 'map' && d.copyFrom) {
+			const buf = Buffer.alloc(this.#bs);
+			await this.#readFull(this.#file(d.copyFrom.dev), buf, d.copyFrom.sector * 512n);
+			await this.#file(d.dev).write(buf, 0, buf.length, Number(d.sector * 512n));
+			this.stats.copies++;
+		}
+		const remembered: Remembered = d.kind === 'map' ? { ...d, copyFrom: undefined } : d;
+		if (!d.temporary) this.#mappings.set(block, remembered);
+		else this.#mappings.delete(block);
+		return remembered;
+	}
+
+	async #readFull(fh: FileHandle, buf: Buffer, offset: bigint): Promise<void> {
+		// Reads past a file's end are zeros, as a loop device's would be for a
+		// partially filled last block.
+		let done = 0;
+		while (done < buf.length) {
+			const { bytesRead } = await fh.read(buf, done, buf.length - done, Number(offset) + done);
+			if (bytesRead === 0) {
+				buf.fill(0, done);
+				return;
+			}
+			done += bytesRead;
+		}
+	}
+
+	#check(offset: bigint, length: number): void {
+		if (offset < 0n || offset + BigInt(length) > this.image.virtualSize) {
+			throw new DmuError('DMU_ERR_RANGE', `I/O at ${offset}+${length} is outside the ${this.image.virtualSize}-byte disk`);
+		}
+	}
+
+	/** Read `length` bytes at byte `offset` of the virtual disk. */
+	async read(offset: bigint | number, length: number): Promise<Buffer> {
+		const off = BigInt(offset);
+		this.#check(off, length);
+		const out = Buffer.alloc(length);
+		const bs = BigInt(this.#bs);
+		let done = 0;
+		while (done < length) {
+			const pos = off + BigInt(done);
+			const block = pos / bs;
+			const inBlock = Number(pos % bs);
+			const n = Math.min(this.#bs - inBlock, length - done);
+			const d = await this.#decide(block, false, false);
+			if (d.kind === 'map') {
+				await this.#readFull(this.#file(d.dev), out.subarray(done, done + n), d.sector * 512n + BigInt(inBlock));
+			} // zero: out is already zero-filled
+			done += n;
+		}
+		return out;
+	}
+
+	/** Write `data` at byte `offset` of the virtual disk. */
+	async write(offset: bigint | number, data: Buffer): Promise<void> {
+		const off = BigInt(offset);
+		this.#check(off, data.length);
+		const bs = BigInt(this.#bs);
+		let done = 0;
+		while (done < data.length) {
+			const pos = off + BigInt(done);
+			const block = pos / bs;
+			const inBlock = Number(pos % bs);
+			const n = Math.min(this.#bs - inBlock, data.length - done);
+			const d = await this.#decide(block, true, inBlock === 0 && n === this.#bs);
+			if (d.kind !== 'map') throw new DmuError('DMU_ERR_PLUGIN_BUG', 'write mapped to zero');
+			await this.#file(d.dev).write(data, done, n, Number(d.sector * 512n) + inBlock);
+			done += n;
+		}
+	}
+
+	/** Flush data files, then let the plugin commit its metadata. */
+	async flush(): Promise<void> {
+		await Promise.all(this.#files.map((f) => f.datasync().catch(() => undefined)));
+		await this.image.commit();
+	}
+
+	/** Forget remembered mappings (what DMU_MSG_INVALIDATE does in the kernel). */
+	invalidate(): void {
+		this.#mappings.clear();
+	}
+
+	async close(): Promise<void> {
+		await this.flush();
+		await this.image.close();
+		await Promise.all(this.#files.map((f) => f.close()));
+		const s = this.#scratchRef();
+		if (s) {
+			await s.fh.close();
+			await rm(s.dir, { recursive: true, force: true });
+		}
+	}
+}

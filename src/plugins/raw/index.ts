@@ -1,0 +1,87 @@
+/**
+ * raw: the disk is the file (or block device) itself. Every block maps in
+ * place, so a raw disk costs one request per 64 KiB block and nothing
+ * after. The last block may be partial (a size that is not a multiple of
+ * 64 KiB): it is mapped in place too; I/O never goes past the disk's end.
+ * Sizes are whole 512-byte sectors (a trailing partial sector is not part
+ * of the disk, as with a loop device).
+ */
+import { open, stat, truncate } from 'node:fs/promises';
+import { DmuError } from '../../errors.js';
+import type { CheckResult, Image, ImageInfo, MapDecision, MapRequest, OpenOptions, Plugin } from '../types.js';
+import { deviceSize } from './io.js';
+
+const BLOCK = 64 * 1024;
+const SECTORS_PER_BLOCK = BigInt(BLOCK / 512);
+
+class RawImage implements Image {
+	readonly format = 'raw';
+	readonly blockSize = BLOCK;
+	readonly devices;
+	readonly capabilities;
+	constructor(
+		readonly path: string,
+		readonly virtualSize: bigint,
+		readonly writable: boolean,
+	) {
+		this.devices = [{ path, writable }];
+		this.capabilities = { write: writable, flush: false, scratch: false };
+	}
+	async map(req: MapRequest): Promise<MapDecision> {
+		if (req.block < 0n || req.block * BigInt(BLOCK) >= this.virtualSize) return { kind: 'error', errno: 5 };
+		if (req.write && !this.writable) return { kind: 'error', errno: 30 }; // EROFS
+		return { kind: 'map', dev: 0, sector: req.block * SECTORS_PER_BLOCK, writable: this.writable, durable: true };
+	}
+	async commit(): Promise<void> {}
+	async close(): Promise<void> {}
+}
+
+export const plugin: Plugin = {
+	name: 'raw',
+	// raw has no header: the registry tries it last, for anything.
+	probe: () => true,
+
+	async create(path, opts) {
+		if (opts.base) throw new DmuError('DMU_ERR_UNSUPPORTED', 'raw images have no backing file');
+		if (opts.size === undefined) throw new DmuError('DMU_ERR_USAGE', 'raw: a size is needed to create an image');
+		const st = await stat(path).catch(() => undefined);
+		if (st?.isBlockDevice()) {
+			const have = await deviceSize(path);
+			if (have < opts.size) throw new DmuError('DMU_ERR_USAGE', `${path}: device holds ${have} bytes, ${opts.size} needed`);
+			return;
+		}
+		// A sparse file: unwritten blocks cost nothing and read as zeros.
+		await (await open(path, 'w')).close();
+		await truncate(path, Number(opts.size));
+	},
+
+	async open(path, opts: OpenOptions = {}) {
+		const size = await deviceSize(path);
+		if (size < 512n) throw new DmuError('DMU_ERR_BAD_IMAGE', `${path}: a raw disk needs at least one 512-byte sector`);
+		const writable = !opts.readOnly;
+		// Opening checks access now rather than at the first write.
+		await (await open(path, writable ? 'r+' : 'r').catch((e: NodeJS.ErrnoException) => {
+			throw new DmuError('DMU_ERR_OPEN', `cannot open ${path}: ${e.code ?? e.message}`);
+		})).close();
+		return new RawImage(path, size & ~511n, writable);
+	},
+
+	async check(path): Promise<CheckResult> {
+		await deviceSize(path);
+		return { corruptions: [], leaks: [], repaired: [] };
+	},
+
+	async info(path): Promise<ImageInfo> {
+		const size = await deviceSize(path);
+		const st = await stat(path, { bigint: true });
+		const actual = st.isBlockDevice() ? size : st.blocks * 512n;
+		return {
+			format: 'raw',
+			virtualSize: size & ~511n,
+			blockSize: BLOCK,
+			actualSize: actual,
+			allocatedBlocks: (actual + BigInt(BLOCK) - 1n) / BigInt(BLOCK),
+			details: {},
+		};
+	},
+};

@@ -1,0 +1,100 @@
+/**
+ * Positional file access for format plugins: metadata reads that must be
+ * whole (a short read means a truncated, corrupt image), writes, sizes.
+ * Shared by raw, vhd, vmdk and qcow (and any plugin that wants it).
+ */
+import { type FileHandle, open, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { DmuError } from '../../errors.js';
+
+/** Bytes of a regular file or a block device (sysfs knows a device's size). */
+export async function deviceSize(path: string): Promise<bigint> {
+	const st = await stat(path, { bigint: true }).catch((e: NodeJS.ErrnoException) => {
+		throw new DmuError('DMU_ERR_OPEN', `cannot open ${path}: ${e.code ?? e.message}`);
+	});
+	if (!st.isBlockDevice()) return st.size;
+	const major = st.rdev >> 8n;
+	const minor = (st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn);
+	const sectors = await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8').catch(() => '0');
+	return BigInt(sectors.trim() || '0') * 512n;
+}
+
+export class ImageFile {
+	private constructor(
+		readonly path: string,
+		readonly fh: FileHandle,
+		readonly writable: boolean,
+	) {}
+
+	static async open(path: string, writable: boolean): Promise<ImageFile> {
+		try {
+			return new ImageFile(path, await open(path, writable ? 'r+' : 'r'), writable);
+		} catch (e) {
+			throw new DmuError('DMU_ERR_OPEN', `cannot open ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+		}
+	}
+
+	async size(): Promise<bigint> {
+		const st = await this.fh.stat({ bigint: true });
+		return st.isBlockDevice() ? deviceSize(this.path) : st.size;
+	}
+
+	/** Exactly `len` bytes at `pos`; a short read is a corrupt image. */
+	async read(pos: bigint | number, len: number, what: string): Promise<Buffer> {
+		const buf = Buffer.alloc(len);
+		const p = Number(pos);
+		let done = 0;
+		while (done < len) {
+			const { bytesRead } = await this.fh.read(buf, done, len - done, p + done);
+			if (bytesRead === 0) {
+				throw new DmuError('DMU_ERR_BAD_IMAGE', `${this.path}: ${what} at byte ${p} lies past the end of the file`);
+			}
+			done += bytesRead;
+		}
+		return buf;
+	}
+
+	/** Like read() but bytes past the end read as zeros (data, not metadata). */
+	async readPadded(pos: bigint | number, len: number): Promise<Buffer> {
+		const buf = Buffer.alloc(len);
+		const p = Number(pos);
+		let done = 0;
+		while (done < len) {
+			const { bytesRead } = await this.fh.read(buf, done, len - done, p + done);
+			if (bytesRead === 0) break;
+			done += bytesRead;
+		}
+		return buf;
+	}
+
+	async write(pos: bigint | number, data: Buffer): Promise<void> {
+		let done = 0;
+		const p = Number(pos);
+		while (done < data.length) {
+			const { bytesWritten } = await this.fh.write(data, done, data.length - done, p + done);
+			done += bytesWritten;
+		}
+	}
+
+	async truncate(len: bigint | number): Promise<void> {
+		await this.fh.truncate(Number(len));
+	}
+
+	async sync(): Promise<void> {
+		await this.fh.datasync();
+	}
+
+	async close(): Promise<void> {
+		await this.fh.close();
+	}
+}
+
+/** Refuse a number that does not fit what we can address safely. */
+export function safeNumber(v: bigint, what: string, path: string): number {
+	if (v < 0n || v > BigInt(Number.MAX_SAFE_INTEGER)) {
+		throw new DmuError('DMU_ERR_BAD_IMAGE', `${path}: ${what} ${v} is out of range`);
+	}
+	return Number(v);
+}
+
+export const badImage = (path: string, msg: string): DmuError => new DmuError('DMU_ERR_BAD_IMAGE', `${path}: ${msg}`);

@@ -23,58 +23,61 @@ export interface EngineStats {
 	faults: number;
 }
 
-/** A sparse temp file standing in for cowd's scratch device. */
+/**
+ * A sparse temp file standing in for cowd's scratch device, created on first
+ * use: most images never need one.
+ */
 class ScratchFile implements ScratchArea {
 	#next = 0n;
-	constructor(
-		readonly dev: number,
-		readonly fh: FileHandle,
-		readonly dir: string,
-	) {}
+	#file: { fh: FileHandle; dir: string } | undefined;
+	image: Image | undefined;
+
+	get dev(): number {
+		return this.image ? this.image.devices.length : -1;
+	}
+
+	get handle(): FileHandle | undefined {
+		return this.#file?.fh;
+	}
+
 	async put(data: Buffer): Promise<bigint> {
+		if (!this.#file) {
+			const dir = await mkdtemp(join(tmpdir(), 'dmu-scratch-'));
+			this.#file = { fh: await open(join(dir, 'scratch'), 'w+'), dir };
+		}
 		const sector = this.#next;
-		await this.fh.write(data, 0, data.length, Number(sector * 512n));
 		this.#next += BigInt(Math.ceil(data.length / 512));
+		await this.#file.fh.write(data, 0, data.length, Number(sector * 512n));
 		return sector;
+	}
+
+	async dispose(): Promise<void> {
+		if (!this.#file) return;
+		await this.#file.fh.close();
+		await rm(this.#file.dir, { recursive: true, force: true });
 	}
 }
 
 export class BlockEngine {
 	readonly stats: EngineStats = { requests: 0, copies: 0, faults: 0 };
 	#mappings = new Map<bigint, Remembered>();
-	#files: FileHandle[];
-	#scratch: ScratchFile | undefined;
 	#bs: number;
 
 	private constructor(
 		readonly image: Image,
-		files: FileHandle[],
-		scratch: ScratchFile | undefined,
+		readonly files: readonly FileHandle[],
+		readonly scratch: ScratchFile,
 	) {
-		this.#files = files;
-		this.#scratch = scratch;
 		this.#bs = image.blockSize;
 	}
 
 	/** Open `path` with `plugin` and the files its devices name. */
 	static async open(plugin: Plugin, path: string, opts: OpenOptions = {}): Promise<BlockEngine> {
-		// The scratch device index is only known once the image says how many
-		// devices it has; a lazy ScratchArea resolves it on first use.
-		let scratch: ScratchFile | undefined;
-		let image: Image | undefined;
-		const lazy: ScratchArea = {
-			get dev() {
-				return image ? image.devices.length : -1;
-			},
-			async put(data) {
-				if (!scratch) {
-					const dir = await mkdtemp(join(tmpdir(), 'dmu-scratch-'));
-					scratch = new ScratchFile(image!.devices.length, await open(join(dir, 'scratch'), 'w+'), dir);
-				}
-				return scratch.put(data);
-			},
-		};
-		image = await plugin.open(path, { ...opts, scratch: opts.scratch ?? lazy });
+		// The scratch device's index is only known once the image says how
+		// many devices it has, so the image is attached to it after open().
+		const scratch = new ScratchFile();
+		const image = await plugin.open(path, { ...opts, scratch: opts.scratch ?? scratch });
+		scratch.image = image;
 		const files: FileHandle[] = [];
 		try {
 			for (const d of image.devices) files.push(await open(d.path, d.writable && !opts.readOnly ? 'r+' : 'r'));
@@ -83,18 +86,12 @@ export class BlockEngine {
 			await image.close();
 			throw e;
 		}
-		const engine = new BlockEngine(image, files, undefined);
-		engine.#scratchRef = () => scratch;
-		return engine;
+		return new BlockEngine(image, files, scratch);
 	}
 
-	#scratchRef: () => ScratchFile | undefined = () => this.#scratch;
-
 	#file(dev: number): FileHandle {
-		const s = this.#scratchRef();
-		if (dev === this.image.devices.length && s) return s.fh;
-		const f = this.#files[dev];
-		if (!f) throw new DmuError('DMU_ERR_PLUGIN_BUG', `${this.image.format}: mapping names device ${dev}, image has ${this.#files.length}`);
+		const f = dev === this.files.length ? this.scratch.handle : this.files[dev];
+		if (!f) throw new DmuError('DMU_ERR_PLUGIN_BUG', `${this.image.format}: mapping names device ${dev}, image has ${this.files.length}`);
 		return f;
 	}
 
@@ -184,7 +181,7 @@ export class BlockEngine {
 
 	/** Flush data files, then let the plugin commit its metadata. */
 	async flush(): Promise<void> {
-		await Promise.all(this.#files.map((f) => f.datasync().catch(() => undefined)));
+		await Promise.all(this.files.map((f) => f.datasync().catch(() => undefined)));
 		await this.image.commit();
 	}
 
@@ -196,11 +193,7 @@ export class BlockEngine {
 	async close(): Promise<void> {
 		await this.flush();
 		await this.image.close();
-		await Promise.all(this.#files.map((f) => f.close()));
-		const s = this.#scratchRef();
-		if (s) {
-			await s.fh.close();
-			await rm(s.dir, { recursive: true, force: true });
-		}
+		await Promise.all(this.files.map((f) => f.close()));
+		await this.scratch.dispose();
 	}
 }

@@ -1,0 +1,181 @@
+/**
+ * Pure encode/decode of dm-userspace messages and batches. Driven by the
+ * layout tables in constants.ts, so the byte positions live in one place
+ * (checked against the C header by the golden test).
+ *
+ * Encode writes every reserved byte as zero. Decode rejects unknown types
+ * and, by default, non-zero reserved bytes: they can only gain meaning
+ * behind a feature bit this code does not know, and the kernel applies the
+ * same rule to what we write.
+ */
+import { AbiError, AbiErrorCode } from './abi-error.js';
+import {
+	DMU_HEADER_SIZE,
+	DMU_MSG_SIZE,
+	DMU_MSG_TO_KERNEL,
+	type FieldSpec,
+	MsgHeader,
+	MsgType,
+	type MsgTypeValue,
+	Payload,
+	PayloadOf,
+	msgTypeName,
+} from './constants.js';
+import type { DmuMessage } from './messages.js';
+
+export interface DecodeOptions {
+	/** Reject non-zero reserved bytes (default true). */
+	checkReserved?: boolean;
+}
+
+/** Field with its offset inside the whole 64-byte message. */
+interface WireField extends FieldSpec {
+	readonly at: number;
+}
+
+/** Per type: the header fields then the payload fields, absolute offsets. */
+const layouts = new Map<number, readonly WireField[]>();
+for (const type of Object.values(MsgType)) {
+	const header = MsgHeader.fields
+		.filter((f) => f.kind !== 'reserved')
+		.map((f) => ({ ...f, at: f.offset }));
+	const payloadName = PayloadOf[type];
+	const payload: readonly FieldSpec[] = payloadName
+		? Payload[payloadName].fields
+		: MsgHeader.fields.filter((f) => f.kind === 'reserved');
+	layouts.set(type, [
+		...header,
+		...payload.map((f) => ({ ...f, at: payloadName ? DMU_HEADER_SIZE + f.offset : f.offset })),
+	]);
+}
+
+const U32_MAX = 0xffff_ffff;
+const S32_MIN = -0x8000_0000;
+const S32_MAX = 0x7fff_ffff;
+const U64_MAX = (1n << 64n) - 1n;
+
+function layoutOf(type: number, index: number, offset: number): readonly WireField[] {
+	const layout = layouts.get(type);
+	if (!layout) {
+		throw new AbiError(
+			AbiErrorCode.TYPE,
+			`unknown dm-userspace message type 0x${type.toString(16)} (message ${index})`,
+			index,
+			offset,
+		);
+	}
+	return layout;
+}
+
+/**
+ * Encode one message into `buf` at `offset` (a fresh 64-byte buffer by
+ * default). Throws AbiError on an unknown type or an out-of-range field.
+ */
+export function encodeMessage(msg: DmuMessage, buf = Buffer.alloc(DMU_MSG_SIZE), offset = 0, index = 0): Buffer {
+	const layout = layoutOf(msg.type, index, offset);
+	const values = msg as unknown as Record<string, unknown>;
+	const name = msgTypeName(msg.type);
+	for (const f of layout) {
+		const at = offset + f.at;
+		if (f.kind === 'reserved') {
+			buf.fill(0, at, at + f.size);
+			continue;
+		}
+		const v = values[f.name];
+		const bad = (why: string) =>
+			new AbiError(AbiErrorCode.FIELD, `${name}.${f.name}: ${why} (message ${index})`, index, at);
+		if (f.kind === 'u64') {
+			if (typeof v !== 'bigint') throw bad(`expected a bigint, got ${typeof v}`);
+			if (v < 0n || v > U64_MAX) throw bad(`${v} does not fit in u64`);
+			buf.writeBigUInt64LE(v, at);
+		} else {
+			if (typeof v !== 'number' || !Number.isInteger(v)) throw bad(`expected an integer, got ${String(v)}`);
+			if (f.kind === 'u32') {
+				if (v < 0 || v > U32_MAX) throw bad(`${v} does not fit in u32`);
+				buf.writeUInt32LE(v, at);
+			} else {
+				if (v < S32_MIN || v > S32_MAX) throw bad(`${v} does not fit in s32`);
+				buf.writeInt32LE(v, at);
+			}
+		}
+	}
+	return buf;
+}
+
+/** Decode the 64-byte message at `offset`. */
+export function decodeMessage(buf: Buffer, offset = 0, opts: DecodeOptions = {}, index = 0): DmuMessage {
+	if (buf.length - offset < DMU_MSG_SIZE) {
+		throw new AbiError(
+			AbiErrorCode.LENGTH,
+			`truncated dm-userspace message: ${buf.length - offset} bytes, need ${DMU_MSG_SIZE}`,
+			index,
+			offset,
+		);
+	}
+	const type = buf.readUInt32LE(offset);
+	const layout = layoutOf(type, index, offset);
+	const checkReserved = opts.checkReserved ?? true;
+	const out: Record<string, number | bigint> = {};
+	for (const f of layout) {
+		const at = offset + f.at;
+		switch (f.kind) {
+			case 'u32':
+				out[f.name] = buf.readUInt32LE(at);
+				break;
+			case 's32':
+				out[f.name] = buf.readInt32LE(at);
+				break;
+			case 'u64':
+				out[f.name] = buf.readBigUInt64LE(at);
+				break;
+			case 'reserved':
+				if (checkReserved) {
+					for (let i = at; i < at + f.size; i++) {
+						if (buf[i] !== 0) {
+							throw new AbiError(
+								AbiErrorCode.RESERVED,
+								`${msgTypeName(type)}: reserved field ${f.c} is not zero (message ${index}, byte ${i - offset})`,
+								index,
+								i,
+							);
+						}
+					}
+				}
+				break;
+		}
+	}
+	return out as unknown as DmuMessage;
+}
+
+/** Encode a batch: the messages back to back, msgs.length * 64 bytes. */
+export function encodeBatch(msgs: readonly DmuMessage[]): Buffer {
+	const buf = Buffer.alloc(msgs.length * DMU_MSG_SIZE);
+	msgs.forEach((m, i) => encodeMessage(m, buf, i * DMU_MSG_SIZE, i));
+	return buf;
+}
+
+/**
+ * Decode a batch as read() returns it. Throws AbiError when the length is
+ * not a multiple of 64 bytes, or on the first unknown type / non-zero
+ * reserved field (AbiError.index says which message).
+ */
+export function decodeBatch(buf: Buffer, opts: DecodeOptions = {}): DmuMessage[] {
+	if (buf.length % DMU_MSG_SIZE !== 0) {
+		throw new AbiError(
+			AbiErrorCode.LENGTH,
+			`dm-userspace batch of ${buf.length} bytes is not a multiple of ${DMU_MSG_SIZE}`,
+			Math.floor(buf.length / DMU_MSG_SIZE),
+			buf.length - (buf.length % DMU_MSG_SIZE),
+		);
+	}
+	const msgs: DmuMessage[] = [];
+	for (let i = 0; i * DMU_MSG_SIZE < buf.length; i++) {
+		msgs.push(decodeMessage(buf, i * DMU_MSG_SIZE, opts, i));
+	}
+	return msgs;
+}
+
+/** True for types the kernel sends (read()), false for types it accepts. */
+export function isKernelType(type: MsgTypeValue): boolean {
+	return type < DMU_MSG_TO_KERNEL;
+}

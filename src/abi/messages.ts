@@ -1,0 +1,123 @@
+/**
+ * Typed dm-userspace messages: one interface per message type, joined in a
+ * union discriminated by `type`. u64 fields are bigint, u32/s32 are number.
+ * Reserved fields do not appear: the codec writes them as zero and rejects
+ * messages where they are not.
+ */
+import { MsgType } from './constants.js';
+
+interface Header<T extends number> {
+	readonly type: T;
+	/** ReqFlag bits for MAP, MapFlag bits for MAP_REPLY, 0 otherwise. */
+	readonly flags: number;
+	/** Request id; an answer echoes the id of what it answers. */
+	readonly id: bigint;
+}
+
+/* kernel -> daemon */
+
+/** What the kernel offers; id 0 is the first message after every open. */
+export interface FeaturesMsg extends Header<typeof MsgType.FEATURES> {
+	/** Feature.* bits. */
+	readonly features: bigint;
+	/** Virtual blocks in the target. */
+	readonly nrBlocks: bigint;
+	/** Block size in 512-byte sectors. */
+	readonly blockSectors: number;
+	/** Devices in the table, index 0..nrDevs-1. */
+	readonly nrDevs: number;
+	/** Most messages one read() returns. */
+	readonly maxBatch: number;
+}
+
+/** "Where does this block live?" flags: ReqFlag.*. */
+export interface MapRequestMsg extends Header<typeof MsgType.MAP> {
+	readonly block: bigint;
+}
+
+/** Data devices are flushed: make metadata durable, answer COMMIT_DONE. */
+export interface CommitMsg extends Header<typeof MsgType.COMMIT> {}
+
+/** An INVALIDATE finished: no bio uses the forgotten mappings any more. */
+export interface InvalidateDoneMsg extends Header<typeof MsgType.INVALIDATE_DONE> {
+	readonly block: bigint;
+	readonly count: bigint;
+	/** 0 or a positive errno. */
+	readonly error: number;
+}
+
+/** The copy-first of the reply with this id failed; bios got -EIO. */
+export interface CopyErrorMsg extends Header<typeof MsgType.COPY_ERROR> {
+	readonly block: bigint;
+	/** Positive errno. */
+	readonly error: number;
+}
+
+/* daemon -> kernel */
+
+/** Ask for a FEATURES message carrying this id. */
+export interface GetFeaturesMsg extends Header<typeof MsgType.GET_FEATURES> {}
+
+/** The answer to a MAP request; flags: MapFlag.*. */
+export interface MapReplyMsg extends Header<typeof MsgType.MAP_REPLY> {
+	/** Must equal the request's block. */
+	readonly block: bigint;
+	/** Destination start sector on `dev` (512-byte units). */
+	readonly sector: bigint;
+	/** Copy-first source start sector on `srcDev`. */
+	readonly srcSector: bigint;
+	/** Destination device index (table order). */
+	readonly dev: number;
+	/** Copy-first source device index. */
+	readonly srcDev: number;
+	/** With MapFlag.ERROR: positive errno for the waiting bios. */
+	readonly error: number;
+}
+
+/** Metadata is durable (error 0) or the flush fails with this errno. */
+export interface CommitDoneMsg extends Header<typeof MsgType.COMMIT_DONE> {
+	readonly error: number;
+}
+
+/** Forget mappings of [block, block + count). */
+export interface InvalidateMsg extends Header<typeof MsgType.INVALIDATE> {
+	readonly block: bigint;
+	readonly count: bigint;
+	/** Unused in this direction: 0. */
+	readonly error: number;
+}
+
+export type KernelMessage = FeaturesMsg | MapRequestMsg | CommitMsg | InvalidateDoneMsg | CopyErrorMsg;
+export type DaemonMessage = GetFeaturesMsg | MapReplyMsg | CommitDoneMsg | InvalidateMsg;
+export type DmuMessage = KernelMessage | DaemonMessage;
+
+/* Builders for the messages a daemon writes, with the optional fields zero. */
+
+/** A map reply; unset fields are 0 (no copy source, no error). */
+export function mapReply(
+	m: Pick<MapReplyMsg, 'id' | 'block' | 'flags'> & Partial<Pick<MapReplyMsg, 'sector' | 'srcSector' | 'dev' | 'srcDev' | 'error'>>,
+): MapReplyMsg {
+	return {
+		type: MsgType.MAP_REPLY,
+		id: m.id,
+		flags: m.flags,
+		block: m.block,
+		sector: m.sector ?? 0n,
+		srcSector: m.srcSector ?? 0n,
+		dev: m.dev ?? 0,
+		srcDev: m.srcDev ?? 0,
+		error: m.error ?? 0,
+	};
+}
+
+export function commitDone(id: bigint, error = 0): CommitDoneMsg {
+	return { type: MsgType.COMMIT_DONE, flags: 0, id, error };
+}
+
+export function invalidate(id: bigint, block: bigint, count: bigint): InvalidateMsg {
+	return { type: MsgType.INVALIDATE, flags: 0, id, block, count, error: 0 };
+}
+
+export function getFeatures(id: bigint): GetFeaturesMsg {
+	return { type: MsgType.GET_FEATURES, flags: 0, id };
+}

@@ -1,0 +1,127 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * dm-userspace: state shared by the target (dm-userspace.c) and its control
+ * channel (dm-userspace-transport.c). Not part of the ABI.
+ */
+#ifndef DM_USERSPACE_INTERNAL_H
+#define DM_USERSPACE_INTERNAL_H
+
+#include <linux/device-mapper.h>
+#include <linux/dm-kcopyd.h>
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/miscdevice.h>
+#include <linux/mutex.h>
+#include <linux/rbtree.h>
+#include <linux/refcount.h>
+#include <linux/spinlock.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include <linux/dm-userspace.h>
+
+#define DM_MSG_PREFIX "userspace"
+
+/* Most messages one read() returns: 4096 * 64 B = 256 KiB bounce buffer. */
+#define DMU_MAX_BATCH 4096
+
+/* Who answers requests that need userspace (reported by status). */
+enum dmu_daemon_state {
+	DMU_DAEMON_WAITING,	/* no daemon; requests wait up to the timeout */
+	DMU_DAEMON_CONNECTED,	/* control device open */
+	DMU_DAEMON_FAILED,	/* timed out: requests fail with -EIO */
+};
+
+struct dmu_target;
+
+/*
+ * A message on its way to the daemon. Requests (MAP, COMMIT) have
+ * ->consumed == NULL: once read they move to the sent list, because they
+ * must be sent again if the daemon closes the device before answering.
+ * Notifications have a ->consumed callback that frees them once read; it
+ * is called with dmu_target.lock held and must only free memory.
+ */
+struct dmu_out {
+	struct list_head node;
+	struct dmu_msg msg;
+	void (*consumed)(struct dmu_target *t, struct dmu_out *out);
+};
+
+struct dmu_target {
+	struct dm_target *ti;
+	struct kref kref;		/* target + open control file */
+
+	/* Table, immutable after the constructor. */
+	char key[DMU_KEY_MAX + 1];
+	unsigned int block_sectors;
+	unsigned int block_shift;
+	u64 nr_blocks;
+	unsigned int nr_devs;
+	struct dm_dev *devs[DMU_MAX_DEVS];
+	sector_t dev_sectors[DMU_MAX_DEVS];
+	unsigned int daemon_timeout;	/* seconds, 0 = forever */
+	unsigned int max_mappings;
+	bool timeout_set;		/* feature args given, for TABLE */
+	bool max_mappings_set;
+
+	struct dm_kcopyd_client *kcopyd;
+	struct workqueue_struct *wq;
+	struct work_struct release_work;
+	struct work_struct commit_work;
+	struct delayed_work timeout_work;
+
+	/*
+	 * Protects everything below: both trees, the LRU, the queues and
+	 * lists of bios, the commit state, counters and the daemon state.
+	 * Taken with irqsave; nothing that sleeps happens under it.
+	 */
+	spinlock_t lock;
+	struct rb_root mappings;	/* struct dmu_mapping by block */
+	struct list_head lru;		/* oldest first */
+	unsigned int nr_mapped;
+	struct rb_root pending;		/* struct dmu_pending by block */
+	unsigned int nr_pending;
+	u64 next_id;
+	struct bio_list release;	/* bios the worker submits/remaps */
+
+	/* Durability (see dmu_commit_work()). */
+	struct bio_list commit_wait;	/* flushes and FUA writes to commit */
+	struct bio_list commit_bios;	/* the ones the running commit serves */
+	enum { DMU_COMMIT_IDLE, DMU_COMMIT_FLUSHING, DMU_COMMIT_WAITING }
+		commit_state;
+	struct dmu_out commit_out;	/* the DMU_MSG_COMMIT in flight */
+	u64 gen;			/* bumped for each installed mapping */
+	u64 commit_start_gen;
+	u64 committed_gen;		/* mappings up to here are durable */
+
+	bool suspending;
+	bool dead;			/* destructor ran: read() returns 0 */
+
+	/* Control channel. */
+	enum dmu_daemon_state daemon;
+	bool features_pending;		/* FEATURES (id 0) not yet read */
+	struct list_head outq;		/* struct dmu_out waiting for read() */
+	struct list_head sent;		/* requests read, not answered */
+	wait_queue_head_t wait;		/* readers and pollers */
+	struct mutex ctl_mutex;		/* serialises write() against dtr */
+	struct miscdevice misc;
+	char misc_name[DMU_KEY_MAX + 5];
+	char misc_nodename[DMU_KEY_MAX + 5];
+	bool misc_registered;
+
+	/* Counters for status; under lock. */
+	u64 hits, misses, copies, flushes, commits, evictions;
+};
+
+/* dm-userspace.c */
+int dmu_handle_msg(struct dmu_target *t, const struct dmu_msg *msg);
+void dmu_fill_features(struct dmu_target *t, struct dmu_msg *msg, u64 id);
+void dmu_daemon_gone(struct dmu_target *t);
+void dmu_target_release(struct kref *kref);
+
+/* dm-userspace-transport.c */
+int dmu_transport_register(struct dmu_target *t);
+void dmu_transport_unregister(struct dmu_target *t);
+void __dmu_queue_out(struct dmu_target *t, struct dmu_out *out, bool head);
+
+#endif /* DM_USERSPACE_INTERNAL_H */

@@ -1,0 +1,1537 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-userspace: a device-mapper target that asks a userspace daemon where
+ * each block lives, remembers the answer and then remaps bios like
+ * dm-linear. The control channel is in dm-userspace-transport.c; the ABI in
+ * include/uapi/linux/dm-userspace.h.
+ *
+ * Table:
+ *   <start> <len> userspace <key> <block_size_sectors>
+ *           [<#feature args> [daemon_timeout <s>] [max_mappings <n>]]
+ *           <dev0> [<dev1>...]
+ *
+ * Status INFO (one line, counters since the table was loaded):
+ *   <hits> <misses> <pending> <copies> <flushes> <commits> <evictions>
+ *   <mapped> daemon=<connected|waiting|failed>
+ *
+ *   hits       bios served from a remembered mapping
+ *   misses     map requests queued for the daemon (incl. read-only faults)
+ *   pending    blocks waiting for an answer (or a copy-first) right now
+ *   copies     copy-firsts completed
+ *   flushes    empty flush bios received
+ *   commits    DMU_MSG_COMMIT answered by the daemon
+ *   evictions  remembered mappings dropped to respect max_mappings
+ *   mapped     remembered mappings right now
+ *   daemon     connected: control device open; waiting: no daemon, I/O
+ *              that needs one waits up to daemon_timeout; failed: the
+ *              timeout expired, such I/O fails with -EIO until a daemon
+ *              opens the device again
+ *
+ * Status TABLE: the constructor arguments (feature args only if given).
+ *
+ * Messages: "invalidate <first block> <count>" forgets mappings of that
+ * range once bios in flight on them have finished.
+ */
+#include <linux/bio.h>
+#include <linux/blkdev.h>
+#include <linux/completion.h>
+#include <linux/ctype.h>
+#include <linux/err.h>
+#include <linux/log2.h>
+#include <linux/mempool.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+
+#include "dm-userspace-internal.h"
+
+#define DMU_DEFAULT_TIMEOUT	60
+#define DMU_DEFAULT_MAPPINGS	65536
+#define DMU_MAX_BLOCK_SECTORS	16384
+#define DMU_EVICT_SCAN		16
+
+#define DMU_FEATURES_ALL (DMU_FEATURE_COPY_FIRST | DMU_FEATURE_TEMPORARY | \
+			  DMU_FEATURE_ZERO | DMU_FEATURE_ERROR | \
+			  DMU_FEATURE_INVALIDATE | DMU_FEATURE_COMMIT | \
+			  DMU_FEATURE_COPY_ERROR)
+
+/*
+ * A remembered mapping. Memory cost: 80 bytes each (slab object, no other
+ * allocation: the tree node and LRU link are embedded), so the default
+ * max_mappings of 65536 costs about 5 MiB per target at most.
+ */
+struct dmu_mapping {
+	struct rb_node node;		/* in dmu_target.mappings */
+	struct list_head lru;		/* in dmu_target.lru */
+	u64 block;
+	sector_t sector;		/* start of the block on devs[dev] */
+	u64 gen;			/* compared with committed_gen */
+	struct dmu_inval *inval;	/* told when the last bio is done */
+	refcount_t ref;			/* 1 for the tree + 1 per bio */
+	u16 dev;
+	u16 flags;			/* DMU_MAP_WRITABLE/ZERO/DURABLE */
+};
+
+/* A block waiting for the daemon (or for its copy-first). */
+struct dmu_pending {
+	struct rb_node node;		/* in dmu_target.pending */
+	struct dmu_out out;		/* DMU_MSG_MAP, later COPY_ERROR */
+	struct dmu_target *t;
+	u64 block;
+	struct bio_list bios;		/* in submission order */
+	bool copying;			/* answered, dm-kcopyd running */
+	/* The answer, kept for the copy completion. */
+	struct dmu_mapping *m;		/* NULL: not remembered */
+	u32 flags;
+	u32 dev;
+	sector_t sector;
+	int error;
+};
+
+/* An invalidation waiting for bios on the mappings it dropped. */
+struct dmu_inval {
+	struct dmu_out out;		/* DMU_MSG_INVALIDATE_DONE */
+	struct dmu_target *t;
+	atomic_t remaining;		/* 1 + mappings with bios in flight */
+	struct work_struct work;
+	struct completion *done;	/* dmsetup message waits on this */
+};
+
+/* Per-bio data (ti->per_io_data_size): the hit path allocates nothing. */
+struct dmu_per_bio {
+	struct dmu_mapping *m;		/* reference dropped in end_io */
+	unsigned int flags;
+};
+
+#define DMU_PB_REMAPPED	(1U << 0)	/* release: submit as is */
+#define DMU_PB_REQUEUE	(1U << 1)	/* end_io: DM_ENDIO_REQUEUE */
+
+static struct kmem_cache *dmu_mapping_cache;
+static struct kmem_cache *dmu_pending_cache;
+static mempool_t *dmu_pending_pool;
+
+static struct dmu_per_bio *dmu_pb(struct bio *bio)
+{
+	return dm_per_bio_data(bio, sizeof(struct dmu_per_bio));
+}
+
+static u64 dmu_bio_block(struct dmu_target *t, struct bio *bio)
+{
+	return dm_target_offset(t->ti, bio->bi_iter.bi_sector) >> t->block_shift;
+}
+
+static bool dmu_daemon_absent(struct dmu_target *t)
+{
+	return t->daemon == DMU_DAEMON_FAILED ||
+		(t->suspending && t->daemon != DMU_DAEMON_CONNECTED);
+}
+
+/* ------------------------------------------------------------------ */
+/* Trees. All must be called with t->lock held. */
+
+static struct dmu_mapping *__dmu_mapping_find(struct dmu_target *t, u64 block)
+{
+	struct rb_node *n = t->mappings.rb_node;
+
+	while (n) {
+		struct dmu_mapping *m = rb_entry(n, struct dmu_mapping, node);
+
+		if (block < m->block)
+			n = n->rb_left;
+		else if (block > m->block)
+			n = n->rb_right;
+		else
+			return m;
+	}
+	return NULL;
+}
+
+/* First mapping with block >= @block, or NULL. */
+static struct dmu_mapping *__dmu_mapping_ceil(struct dmu_target *t, u64 block)
+{
+	struct rb_node *n = t->mappings.rb_node;
+	struct dmu_mapping *best = NULL;
+
+	while (n) {
+		struct dmu_mapping *m = rb_entry(n, struct dmu_mapping, node);
+
+		if (block <= m->block) {
+			best = m;
+			n = n->rb_left;
+		} else {
+			n = n->rb_right;
+		}
+	}
+	return best;
+}
+
+static void __dmu_mapping_insert(struct dmu_target *t, struct dmu_mapping *new)
+{
+	struct rb_node **p = &t->mappings.rb_node, *parent = NULL;
+
+	while (*p) {
+		struct dmu_mapping *m = rb_entry(*p, struct dmu_mapping, node);
+
+		parent = *p;
+		p = new->block < m->block ? &(*p)->rb_left : &(*p)->rb_right;
+	}
+	rb_link_node(&new->node, parent, p);
+	rb_insert_color(&new->node, &t->mappings);
+}
+
+static struct dmu_pending *__dmu_pending_find(struct dmu_target *t, u64 block)
+{
+	struct rb_node *n = t->pending.rb_node;
+
+	while (n) {
+		struct dmu_pending *p = rb_entry(n, struct dmu_pending, node);
+
+		if (block < p->block)
+			n = n->rb_left;
+		else if (block > p->block)
+			n = n->rb_right;
+		else
+			return p;
+	}
+	return NULL;
+}
+
+static void __dmu_pending_insert(struct dmu_target *t, struct dmu_pending *new)
+{
+	struct rb_node **p = &t->pending.rb_node, *parent = NULL;
+
+	while (*p) {
+		struct dmu_pending *e = rb_entry(*p, struct dmu_pending, node);
+
+		parent = *p;
+		p = new->block < e->block ? &(*p)->rb_left : &(*p)->rb_right;
+	}
+	rb_link_node(&new->node, parent, p);
+	rb_insert_color(&new->node, &t->pending);
+	t->nr_pending++;
+}
+
+static void __dmu_pending_erase(struct dmu_target *t, struct dmu_pending *p)
+{
+	rb_erase(&p->node, &t->pending);
+	RB_CLEAR_NODE(&p->node);
+	t->nr_pending--;
+}
+
+/* ------------------------------------------------------------------ */
+/* Mapping lifetime. */
+
+static void dmu_inval_put(struct dmu_inval *inv)
+{
+	if (atomic_dec_and_test(&inv->remaining))
+		queue_work(inv->t->wq, &inv->work);
+}
+
+/* Last reference gone (any context, lock held or not). */
+static void dmu_mapping_free(struct dmu_mapping *m)
+{
+	if (m->inval)
+		dmu_inval_put(m->inval);
+	kmem_cache_free(dmu_mapping_cache, m);
+}
+
+static void dmu_mapping_put(struct dmu_mapping *m)
+{
+	if (refcount_dec_and_test(&m->ref))
+		dmu_mapping_free(m);
+}
+
+/* Remove from the table; freed once no bio uses it. Lock held. */
+static void __dmu_mapping_drop(struct dmu_target *t, struct dmu_mapping *m)
+{
+	rb_erase(&m->node, &t->mappings);
+	list_del(&m->lru);
+	t->nr_mapped--;
+	dmu_mapping_put(m);
+}
+
+static bool dmu_mapping_uncommitted(struct dmu_target *t,
+				    struct dmu_mapping *m)
+{
+	return !(m->flags & DMU_MAP_DURABLE) && m->gen > t->committed_gen;
+}
+
+/*
+ * Make room for one mapping: prefer the oldest clean one (no bio in
+ * flight, committed) among the first few, else the oldest. Lock held.
+ */
+static void __dmu_evict_one(struct dmu_target *t)
+{
+	struct dmu_mapping *m, *victim = NULL;
+	unsigned int scanned = 0;
+
+	list_for_each_entry(m, &t->lru, lru) {
+		if (refcount_read(&m->ref) == 1 &&
+		    !dmu_mapping_uncommitted(t, m)) {
+			victim = m;
+			break;
+		}
+		if (++scanned >= DMU_EVICT_SCAN)
+			break;
+	}
+	if (!victim)
+		victim = list_first_entry(&t->lru, struct dmu_mapping, lru);
+	__dmu_mapping_drop(t, victim);
+	t->evictions++;
+}
+
+static void __dmu_mapping_install(struct dmu_target *t, struct dmu_mapping *m)
+{
+	struct dmu_mapping *old = __dmu_mapping_find(t, m->block);
+
+	if (old)
+		__dmu_mapping_drop(t, old);
+	while (t->nr_mapped >= t->max_mappings && !list_empty(&t->lru))
+		__dmu_evict_one(t);
+	m->gen = ++t->gen;
+	__dmu_mapping_insert(t, m);
+	list_add_tail(&m->lru, &t->lru);
+	t->nr_mapped++;
+}
+
+/* ------------------------------------------------------------------ */
+/* Bio routing. */
+
+static void dmu_remap(struct dmu_target *t, struct bio *bio, unsigned int dev,
+		      sector_t sector)
+{
+	sector_t offset = dm_target_offset(t->ti, bio->bi_iter.bi_sector) &
+			  (t->block_sectors - 1);
+
+	bio_set_dev(bio, t->devs[dev]->bdev);
+	bio->bi_iter.bi_sector = sector + offset;
+}
+
+/* Lock held. */
+static void __dmu_arm_timeout(struct dmu_target *t)
+{
+	if (t->daemon == DMU_DAEMON_WAITING && t->daemon_timeout && !t->dead)
+		queue_delayed_work(t->wq, &t->timeout_work,
+				   (unsigned long)t->daemon_timeout * HZ);
+}
+
+static int dmu_absent_result(struct dmu_target *t)
+{
+	return t->suspending && dm_noflush_suspending(t->ti) ?
+		DM_MAPIO_REQUEUE : DM_MAPIO_KILL;
+}
+
+/*
+ * Route a read or write bio: remap it through a remembered mapping, or
+ * queue it behind the block's request to the daemon. Used by map and by
+ * the release worker (bios whose request was answered). Returns a
+ * DM_MAPIO_* code; the caller submits a DM_MAPIO_REMAPPED bio.
+ */
+static int dmu_route(struct dmu_target *t, struct bio *bio)
+{
+	struct dmu_per_bio *pb = dmu_pb(bio);
+	u64 block = dmu_bio_block(t, bio);
+	bool write = bio_data_dir(bio) == WRITE;
+	struct dmu_pending *p, *newp = NULL;
+	struct dmu_mapping *m;
+	unsigned long flags;
+	unsigned int dev;
+	sector_t sector;
+	u32 req = 0;
+	int r;
+
+again:
+	spin_lock_irqsave(&t->lock, flags);
+	p = __dmu_pending_find(t, block);
+	if (p) {
+		/* Wait behind the request already in flight for the block. */
+		bio_list_add(&p->bios, bio);
+		r = DM_MAPIO_SUBMITTED;
+		goto out_unlock;
+	}
+
+	m = __dmu_mapping_find(t, block);
+	if (m && (!write || (m->flags & DMU_MAP_WRITABLE))) {
+		t->hits++;
+		list_move_tail(&m->lru, &t->lru);
+		if (m->flags & DMU_MAP_ZERO) {
+			spin_unlock_irqrestore(&t->lock, flags);
+			zero_fill_bio(bio);
+			bio_endio(bio);
+			r = DM_MAPIO_SUBMITTED;
+			goto out;
+		}
+		if (write && (bio->bi_opf & REQ_FUA) &&
+		    dmu_mapping_uncommitted(t, m)) {
+			/* Complete only once the mapping is committed. */
+			bio_list_add(&t->commit_wait, bio);
+			queue_work(t->wq, &t->commit_work);
+			r = DM_MAPIO_SUBMITTED;
+			goto out_unlock;
+		}
+		refcount_inc(&m->ref);
+		pb->m = m;
+		dev = m->dev;
+		sector = m->sector;
+		spin_unlock_irqrestore(&t->lock, flags);
+		dmu_remap(t, bio, dev, sector);
+		r = DM_MAPIO_REMAPPED;
+		goto out;
+	}
+	if (m)
+		req |= DMU_REQ_RO_FAULT;
+
+	if (dmu_daemon_absent(t)) {
+		r = dmu_absent_result(t);
+		goto out_unlock;
+	}
+
+	if (!newp) {
+		spin_unlock_irqrestore(&t->lock, flags);
+		newp = mempool_alloc(dmu_pending_pool, GFP_NOIO);
+		memset(newp, 0, sizeof(*newp));
+		goto again;
+	}
+
+	p = newp;
+	newp = NULL;
+	p->t = t;
+	p->block = block;
+	bio_list_init(&p->bios);
+	bio_list_add(&p->bios, bio);
+	if (write) {
+		req |= DMU_REQ_WRITE;
+		if (bio->bi_iter.bi_size == t->block_sectors << SECTOR_SHIFT)
+			req |= DMU_REQ_WHOLE_BLOCK;
+	}
+	INIT_LIST_HEAD(&p->out.node);
+	p->out.msg.type = DMU_MSG_MAP;
+	p->out.msg.flags = req;
+	p->out.msg.id = ++t->next_id;
+	p->out.msg.map.block = block;
+	__dmu_pending_insert(t, p);
+	t->misses++;
+	__dmu_queue_out(t, &p->out, false);
+	__dmu_arm_timeout(t);
+	r = DM_MAPIO_SUBMITTED;
+
+out_unlock:
+	spin_unlock_irqrestore(&t->lock, flags);
+out:
+	if (newp)
+		mempool_free(newp, dmu_pending_pool);
+	return r;
+}
+
+static void dmu_end_bios(struct bio_list *bios, int error, bool requeue)
+{
+	struct bio *bio;
+
+	while ((bio = bio_list_pop(bios))) {
+		if (requeue)
+			dmu_pb(bio)->flags |= DMU_PB_REQUEUE;
+		else
+			bio->bi_status = errno_to_blk_status(error);
+		bio_endio(bio);
+	}
+}
+
+/* Submit answered bios in order, from process context. */
+static void dmu_release_work(struct work_struct *ws)
+{
+	struct dmu_target *t = container_of(ws, struct dmu_target,
+					    release_work);
+	struct bio_list bios;
+	unsigned long flags;
+	struct bio *bio;
+
+	spin_lock_irqsave(&t->lock, flags);
+	bios = t->release;
+	bio_list_init(&t->release);
+	spin_unlock_irqrestore(&t->lock, flags);
+
+	while ((bio = bio_list_pop(&bios))) {
+		struct dmu_per_bio *pb = dmu_pb(bio);
+
+		if (pb->flags & DMU_PB_REMAPPED) {
+			pb->flags &= ~DMU_PB_REMAPPED;
+			dm_submit_bio_remap(bio, NULL);
+			continue;
+		}
+		switch (dmu_route(t, bio)) {
+		case DM_MAPIO_REMAPPED:
+			dm_submit_bio_remap(bio, NULL);
+			break;
+		case DM_MAPIO_REQUEUE:
+			pb->flags |= DMU_PB_REQUEUE;
+			bio_endio(bio);
+			break;
+		case DM_MAPIO_KILL:
+			bio_io_error(bio);
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Answers. */
+
+/*
+ * Apply the daemon's answer for @p (copy-first, if any, done): remember
+ * the mapping or serve the waiting bios once, then free @p.
+ */
+static void dmu_resolve(struct dmu_target *t, struct dmu_pending *p)
+{
+	struct bio_list bios, zeroed, failed;
+	unsigned long flags;
+	struct bio *bio;
+
+	bio_list_init(&zeroed);
+	bio_list_init(&failed);
+
+	spin_lock_irqsave(&t->lock, flags);
+	__dmu_pending_erase(t, p);
+	bios = p->bios;
+	bio_list_init(&p->bios);
+
+	if (p->flags & DMU_MAP_ERROR) {
+		bio_list_merge(&failed, &bios);
+	} else if (p->m) {
+		/* Remembered: the bios go through the table like new ones. */
+		__dmu_mapping_install(t, p->m);
+		bio_list_merge(&t->release, &bios);
+	} else {
+		/* Temporary: serve what is compatible, route the rest. */
+		while ((bio = bio_list_pop(&bios))) {
+			bool write = bio_data_dir(bio) == WRITE;
+
+			if (write && !(p->flags & DMU_MAP_WRITABLE)) {
+				bio_list_add(&t->release, bio);
+			} else if (p->flags & DMU_MAP_ZERO) {
+				bio_list_add(&zeroed, bio);
+			} else {
+				dmu_remap(t, bio, p->dev, p->sector);
+				dmu_pb(bio)->flags |= DMU_PB_REMAPPED;
+				bio_list_add(&t->release, bio);
+			}
+		}
+	}
+	if (!bio_list_empty(&t->release))
+		queue_work(t->wq, &t->release_work);
+	spin_unlock_irqrestore(&t->lock, flags);
+
+	while ((bio = bio_list_pop(&zeroed))) {
+		zero_fill_bio(bio);
+		bio_endio(bio);
+	}
+	dmu_end_bios(&failed, p->error, false);
+	mempool_free(p, dmu_pending_pool);
+}
+
+static void dmu_pending_consumed(struct dmu_target *t, struct dmu_out *out)
+{
+	mempool_free(container_of(out, struct dmu_pending, out),
+		     dmu_pending_pool);
+}
+
+/* dm-kcopyd completion (kcopyd thread context). */
+static void dmu_copy_done(int read_err, unsigned long write_err, void *context)
+{
+	struct dmu_pending *p = context;
+	struct dmu_target *t = p->t;
+	struct bio_list bios;
+	unsigned long flags;
+	u64 id;
+
+	if (!read_err && !write_err) {
+		spin_lock_irqsave(&t->lock, flags);
+		t->copies++;
+		spin_unlock_irqrestore(&t->lock, flags);
+		dmu_resolve(t, p);
+		return;
+	}
+
+	/* Fail the bios, remember nothing, tell the daemon. */
+	spin_lock_irqsave(&t->lock, flags);
+	__dmu_pending_erase(t, p);
+	bios = p->bios;
+	bio_list_init(&p->bios);
+	id = p->out.msg.id;
+	memset(&p->out.msg, 0, sizeof(p->out.msg));
+	p->out.msg.type = DMU_MSG_COPY_ERROR;
+	p->out.msg.id = id;
+	p->out.msg.copy_error.block = p->block;
+	p->out.msg.copy_error.error = EIO;
+	p->out.consumed = dmu_pending_consumed;
+	__dmu_queue_out(t, &p->out, false);
+	spin_unlock_irqrestore(&t->lock, flags);
+
+	DMWARN_LIMIT("%s: copy-first for block %llu failed", t->key,
+		     (unsigned long long)p->block);
+	if (p->m) {
+		kmem_cache_free(dmu_mapping_cache, p->m);
+		p->m = NULL;
+	}
+	dmu_end_bios(&bios, EIO, false);
+}
+
+static bool dmu_fits(struct dmu_target *t, u32 dev, u64 sector)
+{
+	return dev < t->nr_devs && sector <= t->dev_sectors[dev] &&
+		t->dev_sectors[dev] - sector >= t->block_sectors;
+}
+
+static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
+{
+	const struct dmu_map_reply *rep = &msg->reply;
+	u32 f = msg->flags;
+	struct dmu_mapping *m = NULL;
+	struct dmu_pending *p;
+	struct dm_io_region from, to;
+	unsigned long flags;
+
+	if ((f & ~DMU_MAP_FLAGS_ALL) || rep->reserved0 || rep->reserved1)
+		return -EINVAL;
+	if (rep->block >= t->nr_blocks)
+		return -EINVAL;
+	if (f & DMU_MAP_ERROR) {
+		if ((f & ~(DMU_MAP_ERROR | DMU_MAP_TEMPORARY)) ||
+		    rep->error <= 0 || rep->error > MAX_ERRNO)
+			return -EINVAL;
+	} else if (rep->error) {
+		return -EINVAL;
+	}
+	if ((f & DMU_MAP_ZERO) && (f & (DMU_MAP_WRITABLE | DMU_MAP_COPY_FIRST)))
+		return -EINVAL;
+	if (!(f & (DMU_MAP_ERROR | DMU_MAP_ZERO)) &&
+	    !dmu_fits(t, rep->dev, rep->sector))
+		return -EINVAL;
+	if (f & DMU_MAP_COPY_FIRST) {
+		if (!dmu_fits(t, rep->src_dev, rep->src_sector))
+			return -EINVAL;
+	} else if (rep->src_dev || rep->src_sector) {
+		return -EINVAL;
+	}
+
+	if (!(f & (DMU_MAP_TEMPORARY | DMU_MAP_ERROR))) {
+		m = kmem_cache_zalloc(dmu_mapping_cache, GFP_KERNEL);
+		if (!m)
+			return -ENOMEM;
+		m->block = rep->block;
+		m->sector = (f & DMU_MAP_ZERO) ? 0 : rep->sector;
+		m->dev = (f & DMU_MAP_ZERO) ? 0 : rep->dev;
+		m->flags = f & (DMU_MAP_WRITABLE | DMU_MAP_ZERO |
+				DMU_MAP_DURABLE);
+		refcount_set(&m->ref, 1);
+	}
+
+	spin_lock_irqsave(&t->lock, flags);
+	p = __dmu_pending_find(t, rep->block);
+	if (!p || p->copying || p->out.msg.id != msg->id) {
+		spin_unlock_irqrestore(&t->lock, flags);
+		if (m)
+			kmem_cache_free(dmu_mapping_cache, m);
+		return -EINVAL;
+	}
+	list_del_init(&p->out.node);
+	p->m = m;
+	p->flags = f;
+	p->dev = rep->dev;
+	p->sector = rep->sector;
+	p->error = rep->error;
+	p->copying = f & DMU_MAP_COPY_FIRST;
+	spin_unlock_irqrestore(&t->lock, flags);
+
+	if (!(f & DMU_MAP_COPY_FIRST)) {
+		dmu_resolve(t, p);
+		return 0;
+	}
+
+	from.bdev = t->devs[rep->src_dev]->bdev;
+	from.sector = rep->src_sector;
+	from.count = t->block_sectors;
+	to.bdev = t->devs[rep->dev]->bdev;
+	to.sector = rep->sector;
+	to.count = t->block_sectors;
+	dm_kcopyd_copy(t->kcopyd, &from, 1, &to, 0, dmu_copy_done, p);
+	return 0;
+}
+
+static int dmu_commit_done(struct dmu_target *t, const struct dmu_msg *msg)
+{
+	const struct dmu_commit_done *cd = &msg->commit;
+	struct bio_list bios, reroute;
+	unsigned long flags;
+	struct bio *bio;
+	bool more;
+
+	if (msg->flags || cd->reserved0 ||
+	    memchr_inv(cd->reserved, 0, sizeof(cd->reserved)) ||
+	    cd->error < 0 || cd->error > MAX_ERRNO)
+		return -EINVAL;
+
+	bio_list_init(&reroute);
+	spin_lock_irqsave(&t->lock, flags);
+	if (t->commit_state != DMU_COMMIT_WAITING ||
+	    msg->id != t->commit_out.msg.id) {
+		spin_unlock_irqrestore(&t->lock, flags);
+		return -EINVAL;
+	}
+	list_del_init(&t->commit_out.node);
+	t->commit_state = DMU_COMMIT_IDLE;
+	t->commits++;
+	if (!cd->error)
+		t->committed_gen = t->commit_start_gen;
+	bios = t->commit_bios;
+	bio_list_init(&t->commit_bios);
+	more = !bio_list_empty(&t->commit_wait);
+	spin_unlock_irqrestore(&t->lock, flags);
+
+	while ((bio = bio_list_pop(&bios))) {
+		if (cd->error) {
+			bio->bi_status = errno_to_blk_status(-cd->error);
+			bio_endio(bio);
+		} else if (bio->bi_opf & REQ_PREFLUSH) {
+			bio_endio(bio);
+		} else {
+			/* A FUA write whose mapping is now committed. */
+			bio_list_add(&reroute, bio);
+		}
+	}
+	spin_lock_irqsave(&t->lock, flags);
+	if (!bio_list_empty(&reroute)) {
+		bio_list_merge(&t->release, &reroute);
+		queue_work(t->wq, &t->release_work);
+	}
+	if (more)
+		queue_work(t->wq, &t->commit_work);
+	spin_unlock_irqrestore(&t->lock, flags);
+	return 0;
+}
+
+/*
+ * Flush every data device, then ask the daemon to commit. One commit at a
+ * time: flushes arriving meanwhile wait for the next one, since the data
+ * they cover may postdate the running commit's device flush.
+ */
+static void dmu_commit_work(struct work_struct *ws)
+{
+	struct dmu_target *t = container_of(ws, struct dmu_target, commit_work);
+	struct bio_list bios;
+	unsigned long flags;
+	unsigned int i;
+	bool more;
+	int err = 0;
+
+	spin_lock_irqsave(&t->lock, flags);
+	if (t->commit_state != DMU_COMMIT_IDLE ||
+	    bio_list_empty(&t->commit_wait)) {
+		spin_unlock_irqrestore(&t->lock, flags);
+		return;
+	}
+	bio_list_merge(&t->commit_bios, &t->commit_wait);
+	bio_list_init(&t->commit_wait);
+	t->commit_state = DMU_COMMIT_FLUSHING;
+	t->commit_start_gen = t->gen;
+	spin_unlock_irqrestore(&t->lock, flags);
+
+	for (i = 0; i < t->nr_devs; i++) {
+		int r = blkdev_issue_flush(t->devs[i]->bdev);
+
+		if (r && !err)
+			err = r;
+	}
+
+	spin_lock_irqsave(&t->lock, flags);
+	if (!err && dmu_daemon_absent(t))
+		err = -EIO;
+	if (err) {
+		bios = t->commit_bios;
+		bio_list_init(&t->commit_bios);
+		t->commit_state = DMU_COMMIT_IDLE;
+		more = !bio_list_empty(&t->commit_wait);
+		spin_unlock_irqrestore(&t->lock, flags);
+		dmu_end_bios(&bios, -err, false);
+		if (more)
+			queue_work(t->wq, &t->commit_work);
+		return;
+	}
+	t->commit_state = DMU_COMMIT_WAITING;
+	memset(&t->commit_out.msg, 0, sizeof(t->commit_out.msg));
+	t->commit_out.msg.type = DMU_MSG_COMMIT;
+	t->commit_out.msg.id = ++t->next_id;
+	t->commit_out.consumed = NULL;
+	__dmu_queue_out(t, &t->commit_out, false);
+	__dmu_arm_timeout(t);
+	spin_unlock_irqrestore(&t->lock, flags);
+}
+
+static void dmu_inval_work(struct work_struct *ws)
+{
+	struct dmu_inval *inv = container_of(ws, struct dmu_inval, work);
+	struct dmu_target *t = inv->t;
+	unsigned long flags;
+
+	if (inv->done) {
+		complete(inv->done);	/* the waiter frees inv */
+		return;
+	}
+	spin_lock_irqsave(&t->lock, flags);
+	__dmu_queue_out(t, &inv->out, false);
+	spin_unlock_irqrestore(&t->lock, flags);
+}
+
+static void dmu_inval_consumed(struct dmu_target *t, struct dmu_out *out)
+{
+	kfree(container_of(out, struct dmu_inval, out));
+}
+
+/* Forget mappings of [block, block + count); @inv is told when done. */
+static void dmu_invalidate(struct dmu_target *t, struct dmu_inval *inv,
+			   u64 block, u64 count)
+{
+	struct dmu_mapping *m;
+	struct rb_node *next;
+	unsigned long flags;
+
+	inv->t = t;
+	INIT_WORK(&inv->work, dmu_inval_work);
+	atomic_set(&inv->remaining, 1);
+
+	spin_lock_irqsave(&t->lock, flags);
+	m = __dmu_mapping_ceil(t, block);
+	while (m && m->block - block < count) {
+		next = rb_next(&m->node);
+		m->inval = inv;
+		atomic_inc(&inv->remaining);
+		__dmu_mapping_drop(t, m);
+		m = next ? rb_entry(next, struct dmu_mapping, node) : NULL;
+	}
+	spin_unlock_irqrestore(&t->lock, flags);
+	dmu_inval_put(inv);
+}
+
+static bool dmu_range_ok(struct dmu_target *t, u64 block, u64 count)
+{
+	return count && block < t->nr_blocks && count <= t->nr_blocks - block;
+}
+
+static int dmu_invalidate_msg(struct dmu_target *t, const struct dmu_msg *msg)
+{
+	const struct dmu_invalidate *in = &msg->invalidate;
+	struct dmu_inval *inv;
+
+	if (msg->flags || in->error || in->reserved0 ||
+	    memchr_inv(in->reserved, 0, sizeof(in->reserved)) ||
+	    !dmu_range_ok(t, in->block, in->count))
+		return -EINVAL;
+
+	inv = kzalloc(sizeof(*inv), GFP_KERNEL);
+	if (!inv)
+		return -ENOMEM;
+	INIT_LIST_HEAD(&inv->out.node);
+	inv->out.msg.type = DMU_MSG_INVALIDATE_DONE;
+	inv->out.msg.id = msg->id;
+	inv->out.msg.invalidate.block = in->block;
+	inv->out.msg.invalidate.count = in->count;
+	inv->out.consumed = dmu_inval_consumed;
+	dmu_invalidate(t, inv, in->block, in->count);
+	return 0;
+}
+
+static void dmu_free_consumed(struct dmu_target *t, struct dmu_out *out)
+{
+	kfree(out);
+}
+
+void dmu_fill_features(struct dmu_target *t, struct dmu_msg *msg, u64 id)
+{
+	memset(msg, 0, sizeof(*msg));
+	msg->type = DMU_MSG_FEATURES;
+	msg->id = id;
+	msg->features.features = DMU_FEATURES_ALL;
+	msg->features.nr_blocks = t->nr_blocks;
+	msg->features.block_sectors = t->block_sectors;
+	msg->features.nr_devs = t->nr_devs;
+	msg->features.max_batch = DMU_MAX_BATCH;
+}
+
+static int dmu_get_features(struct dmu_target *t, const struct dmu_msg *msg)
+{
+	struct dmu_out *out;
+	unsigned long flags;
+
+	if (msg->flags || memchr_inv(msg->payload, 0, sizeof(msg->payload)))
+		return -EINVAL;
+	out = kzalloc(sizeof(*out), GFP_KERNEL);
+	if (!out)
+		return -ENOMEM;
+	dmu_fill_features(t, &out->msg, msg->id);
+	out->consumed = dmu_free_consumed;
+	spin_lock_irqsave(&t->lock, flags);
+	__dmu_queue_out(t, out, false);
+	spin_unlock_irqrestore(&t->lock, flags);
+	return 0;
+}
+
+/* One message written by the daemon. Never trusts a field unchecked. */
+int dmu_handle_msg(struct dmu_target *t, const struct dmu_msg *msg)
+{
+	switch (msg->type) {
+	case DMU_MSG_GET_FEATURES:
+		return dmu_get_features(t, msg);
+	case DMU_MSG_MAP_REPLY:
+		return dmu_map_reply(t, msg);
+	case DMU_MSG_COMMIT_DONE:
+		return dmu_commit_done(t, msg);
+	case DMU_MSG_INVALIDATE:
+		return dmu_invalidate_msg(t, msg);
+	default:
+		return -EINVAL;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* No daemon. */
+
+/*
+ * Fail (or requeue, under a noflush suspend) every bio that waits for the
+ * daemon: pending requests not being copied, and the commit's bios.
+ */
+static void dmu_fail_waiters(struct dmu_target *t, bool requeue)
+{
+	struct bio_list bios;
+	struct rb_node *n, *next;
+	unsigned long flags;
+
+	bio_list_init(&bios);
+	spin_lock_irqsave(&t->lock, flags);
+	for (n = rb_first(&t->pending); n; n = next) {
+		struct dmu_pending *p = rb_entry(n, struct dmu_pending, node);
+
+		next = rb_next(n);
+		if (p->copying)
+			continue;
+		list_del_init(&p->out.node);
+		__dmu_pending_erase(t, p);
+		bio_list_merge(&bios, &p->bios);
+		mempool_free(p, dmu_pending_pool);
+	}
+	if (t->commit_state == DMU_COMMIT_WAITING) {
+		list_del_init(&t->commit_out.node);
+		t->commit_state = DMU_COMMIT_IDLE;
+		bio_list_merge(&bios, &t->commit_bios);
+		bio_list_init(&t->commit_bios);
+	}
+	bio_list_merge(&bios, &t->commit_wait);
+	bio_list_init(&t->commit_wait);
+	spin_unlock_irqrestore(&t->lock, flags);
+
+	dmu_end_bios(&bios, EIO, requeue);
+}
+
+static void dmu_timeout_work(struct work_struct *ws)
+{
+	struct dmu_target *t = container_of(to_delayed_work(ws),
+					    struct dmu_target, timeout_work);
+	unsigned long flags;
+
+	spin_lock_irqsave(&t->lock, flags);
+	if (t->daemon != DMU_DAEMON_WAITING || t->dead) {
+		spin_unlock_irqrestore(&t->lock, flags);
+		return;
+	}
+	t->daemon = DMU_DAEMON_FAILED;
+	spin_unlock_irqrestore(&t->lock, flags);
+
+	DMWARN("%s: no daemon for %u s, failing I/O that needs one", t->key,
+	       t->daemon_timeout);
+	dmu_fail_waiters(t, false);
+	dm_table_event(t->ti->table);
+}
+
+/* The control device was closed: resend what was read, start the clock. */
+void dmu_daemon_gone(struct dmu_target *t)
+{
+	unsigned long flags;
+	bool fail;
+
+	spin_lock_irqsave(&t->lock, flags);
+	if (t->dead) {
+		t->daemon = DMU_DAEMON_WAITING;
+		spin_unlock_irqrestore(&t->lock, flags);
+		return;
+	}
+	list_splice_init(&t->sent, &t->outq);
+	t->daemon = DMU_DAEMON_WAITING;
+	t->features_pending = false;
+	fail = t->suspending;
+	if (!list_empty(&t->outq) || t->nr_pending ||
+	    t->commit_state != DMU_COMMIT_IDLE)
+		__dmu_arm_timeout(t);
+	spin_unlock_irqrestore(&t->lock, flags);
+
+	/* A suspend in progress must not wait for a daemon that left. */
+	if (fail)
+		dmu_fail_waiters(t, dm_noflush_suspending(t->ti));
+	dm_table_event(t->ti->table);
+}
+
+/* ------------------------------------------------------------------ */
+/* Target methods. */
+
+static int dmu_map(struct dm_target *ti, struct bio *bio)
+{
+	struct dmu_target *t = ti->private;
+	struct dmu_per_bio *pb = dmu_pb(bio);
+	unsigned long flags;
+
+	pb->m = NULL;
+	pb->flags = 0;
+
+	if (bio->bi_opf & REQ_PREFLUSH) {
+		/* dm core sends flushes empty: flush devices, then commit. */
+		spin_lock_irqsave(&t->lock, flags);
+		t->flushes++;
+		if (dmu_daemon_absent(t)) {
+			int r = dmu_absent_result(t);
+
+			spin_unlock_irqrestore(&t->lock, flags);
+			return r;
+		}
+		bio_list_add(&t->commit_wait, bio);
+		queue_work(t->wq, &t->commit_work);
+		spin_unlock_irqrestore(&t->lock, flags);
+		return DM_MAPIO_SUBMITTED;
+	}
+
+	if (bio_op(bio) != REQ_OP_READ && bio_op(bio) != REQ_OP_WRITE)
+		return DM_MAPIO_KILL;
+
+	return dmu_route(t, bio);
+}
+
+static int dmu_end_io(struct dm_target *ti, struct bio *bio,
+		      blk_status_t *error)
+{
+	struct dmu_per_bio *pb = dmu_pb(bio);
+
+	if (pb->m) {
+		dmu_mapping_put(pb->m);
+		pb->m = NULL;
+	}
+	if (pb->flags & DMU_PB_REQUEUE)
+		return DM_ENDIO_REQUEUE;
+	return DM_ENDIO_DONE;
+}
+
+static void dmu_presuspend(struct dm_target *ti)
+{
+	struct dmu_target *t = ti->private;
+	unsigned long flags;
+	bool absent;
+
+	spin_lock_irqsave(&t->lock, flags);
+	t->suspending = true;
+	absent = t->daemon != DMU_DAEMON_CONNECTED;
+	spin_unlock_irqrestore(&t->lock, flags);
+
+	/*
+	 * Like dm-clone: never let suspend wait for a daemon that is not
+	 * there. With a daemon, its answers drain the queues.
+	 */
+	if (absent)
+		dmu_fail_waiters(t, dm_noflush_suspending(ti));
+}
+
+static void dmu_postsuspend(struct dm_target *ti)
+{
+	struct dmu_target *t = ti->private;
+
+	flush_workqueue(t->wq);
+}
+
+static void dmu_resume(struct dm_target *ti)
+{
+	struct dmu_target *t = ti->private;
+	unsigned long flags;
+
+	spin_lock_irqsave(&t->lock, flags);
+	t->suspending = false;
+	spin_unlock_irqrestore(&t->lock, flags);
+}
+
+static const char *dmu_daemon_name(enum dmu_daemon_state s)
+{
+	switch (s) {
+	case DMU_DAEMON_CONNECTED:
+		return "connected";
+	case DMU_DAEMON_FAILED:
+		return "failed";
+	default:
+		return "waiting";
+	}
+}
+
+static void dmu_status(struct dm_target *ti, status_type_t type,
+		       unsigned int status_flags, char *result,
+		       unsigned int maxlen)
+{
+	struct dmu_target *t = ti->private;
+	u64 hits, misses, copies, flushes, commits, evictions;
+	unsigned int pending, mapped, i, nf;
+	enum dmu_daemon_state daemon;
+	unsigned long flags;
+	unsigned int sz = 0;
+
+	switch (type) {
+	case STATUSTYPE_INFO:
+		spin_lock_irqsave(&t->lock, flags);
+		hits = t->hits;
+		misses = t->misses;
+		pending = t->nr_pending;
+		copies = t->copies;
+		flushes = t->flushes;
+		commits = t->commits;
+		evictions = t->evictions;
+		mapped = t->nr_mapped;
+		daemon = t->daemon;
+		spin_unlock_irqrestore(&t->lock, flags);
+		DMEMIT("%llu %llu %u %llu %llu %llu %llu %u daemon=%s",
+		       hits, misses, pending, copies, flushes, commits,
+		       evictions, mapped, dmu_daemon_name(daemon));
+		break;
+	case STATUSTYPE_TABLE:
+		DMEMIT("%s %u", t->key, t->block_sectors);
+		nf = (t->timeout_set ? 2 : 0) + (t->max_mappings_set ? 2 : 0);
+		if (nf)
+			DMEMIT(" %u", nf);
+		if (t->timeout_set)
+			DMEMIT(" daemon_timeout %u", t->daemon_timeout);
+		if (t->max_mappings_set)
+			DMEMIT(" max_mappings %u", t->max_mappings);
+		for (i = 0; i < t->nr_devs; i++)
+			DMEMIT(" %s", t->devs[i]->name);
+		break;
+	default:
+		if (maxlen)
+			result[0] = '\0';
+		break;
+	}
+}
+
+static int dmu_message(struct dm_target *ti, unsigned int argc, char **argv,
+		       char *result, unsigned int maxlen)
+{
+	struct dmu_target *t = ti->private;
+	DECLARE_COMPLETION_ONSTACK(done);
+	unsigned long long block, count;
+	struct dmu_inval *inv;
+	char dummy;
+
+	if (argc == 3 && !strcasecmp(argv[0], "invalidate")) {
+		if (sscanf(argv[1], "%llu%c", &block, &dummy) != 1 ||
+		    sscanf(argv[2], "%llu%c", &count, &dummy) != 1 ||
+		    !dmu_range_ok(t, block, count)) {
+			DMWARN("invalidate: invalid block range");
+			return -EINVAL;
+		}
+		inv = kzalloc(sizeof(*inv), GFP_KERNEL);
+		if (!inv)
+			return -ENOMEM;
+		inv->done = &done;
+		dmu_invalidate(t, inv, block, count);
+		wait_for_completion(&done);
+		kfree(inv);
+		return 0;
+	}
+
+	DMWARN("unrecognised message received: %s", argc ? argv[0] : "");
+	return -EINVAL;
+}
+
+static int dmu_iterate_devices(struct dm_target *ti,
+			       iterate_devices_callout_fn fn, void *data)
+{
+	struct dmu_target *t = ti->private;
+	unsigned int i;
+	int r = 0;
+
+	for (i = 0; i < t->nr_devs && !r; i++)
+		r = fn(ti, t->devs[i], 0, t->dev_sectors[i], data);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* Constructor and destructor. */
+
+static const char *dmu_parse_key(struct dmu_target *t, const char *key)
+{
+	size_t i, len = key ? strlen(key) : 0;
+
+	if (!len || len > DMU_KEY_MAX)
+		return "Invalid key length";
+	if (key[0] == '.')
+		return "Key must not start with a dot";
+	for (i = 0; i < len; i++)
+		if (!isalnum(key[i]) && !strchr("._-", key[i]))
+			return "Invalid character in key";
+	strscpy(t->key, key, sizeof(t->key));
+	return NULL;
+}
+
+static const char *dmu_parse_block_size(struct dmu_target *t, const char *arg)
+{
+	unsigned int bs;
+	char dummy;
+
+	if (!arg || sscanf(arg, "%u%c", &bs, &dummy) != 1 ||
+	    !bs || bs > DMU_MAX_BLOCK_SECTORS || !is_power_of_2(bs))
+		return "Invalid block size";
+	t->block_sectors = bs;
+	t->block_shift = ilog2(bs);
+	return NULL;
+}
+
+static bool dmu_is_number(const char *s)
+{
+	if (!s || !*s)
+		return false;
+	for (; *s; s++)
+		if (!isdigit(*s))
+			return false;
+	return true;
+}
+
+/* Optional "<#feature args> <arg>..." group (devices never are plain numbers). */
+static int dmu_parse_features(struct dmu_target *t, struct dm_arg_set *as,
+			      char **error)
+{
+	static const struct dm_arg _args[] = {
+		{0, 4, "Invalid number of feature args"},
+		{0, 31536000, "Invalid daemon_timeout"},
+		{1, 1U << 30, "Invalid max_mappings"},
+	};
+	unsigned int argc;
+	const char *name;
+	int r;
+
+	if (!as->argc || !dmu_is_number(as->argv[0]))
+		return 0;
+
+	r = dm_read_arg_group(_args, as, &argc, error);
+	if (r)
+		return r;
+
+	while (argc) {
+		name = dm_shift_arg(as);
+		argc--;
+		if (!argc) {
+			*error = "Feature argument is missing its value";
+			return -EINVAL;
+		}
+		if (!strcasecmp(name, "daemon_timeout")) {
+			if (t->timeout_set) {
+				*error = "Duplicate daemon_timeout";
+				return -EINVAL;
+			}
+			r = dm_read_arg(_args + 1, as, &t->daemon_timeout,
+					error);
+			t->timeout_set = true;
+		} else if (!strcasecmp(name, "max_mappings")) {
+			if (t->max_mappings_set) {
+				*error = "Duplicate max_mappings";
+				return -EINVAL;
+			}
+			r = dm_read_arg(_args + 2, as, &t->max_mappings, error);
+			t->max_mappings_set = true;
+		} else {
+			*error = "Unrecognised feature requested";
+			return -EINVAL;
+		}
+		if (r)
+			return r;
+		argc--;
+	}
+	return 0;
+}
+
+static void dmu_put_devices(struct dmu_target *t)
+{
+	while (t->nr_devs)
+		dm_put_device(t->ti, t->devs[--t->nr_devs]);
+}
+
+static int dmu_get_devices(struct dmu_target *t, struct dm_arg_set *as,
+			   char **error)
+{
+	struct dm_target *ti = t->ti;
+	int r;
+
+	if (!as->argc || as->argc > DMU_MAX_DEVS) {
+		*error = "Invalid number of devices";
+		return -EINVAL;
+	}
+	while (as->argc) {
+		r = dm_get_device(ti, dm_shift_arg(as),
+				  dm_table_get_mode(ti->table),
+				  &t->devs[t->nr_devs]);
+		if (r) {
+			*error = "Device lookup failed";
+			dmu_put_devices(t);
+			return r;
+		}
+		t->dev_sectors[t->nr_devs] =
+			bdev_nr_sectors(t->devs[t->nr_devs]->bdev);
+		t->nr_devs++;
+	}
+	return 0;
+}
+
+/*
+ * Construct a userspace mapping:
+ * <key> <block_size_sectors> [<#feature args> <arg>...] <dev0> [<dev1>...]
+ */
+static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
+{
+	struct dm_arg_set as = { .argc = argc, .argv = argv };
+	struct dmu_target *t;
+	const char *err;
+	int r = -EINVAL;
+
+	if (argc < 3) {
+		ti->error = "Invalid argument count";
+		return -EINVAL;
+	}
+
+	t = kzalloc(sizeof(*t), GFP_KERNEL);
+	if (!t) {
+		ti->error = "Cannot allocate context";
+		return -ENOMEM;
+	}
+	t->ti = ti;
+	kref_init(&t->kref);
+	spin_lock_init(&t->lock);
+	mutex_init(&t->ctl_mutex);
+	init_waitqueue_head(&t->wait);
+	INIT_LIST_HEAD(&t->outq);
+	INIT_LIST_HEAD(&t->sent);
+	INIT_LIST_HEAD(&t->lru);
+	INIT_LIST_HEAD(&t->commit_out.node);
+	t->mappings = RB_ROOT;
+	t->pending = RB_ROOT;
+	bio_list_init(&t->release);
+	bio_list_init(&t->commit_wait);
+	bio_list_init(&t->commit_bios);
+	INIT_WORK(&t->release_work, dmu_release_work);
+	INIT_WORK(&t->commit_work, dmu_commit_work);
+	INIT_DELAYED_WORK(&t->timeout_work, dmu_timeout_work);
+	t->daemon = DMU_DAEMON_WAITING;
+	t->daemon_timeout = DMU_DEFAULT_TIMEOUT;
+	t->max_mappings = DMU_DEFAULT_MAPPINGS;
+
+	err = dmu_parse_key(t, dm_shift_arg(&as));
+	if (!err)
+		err = dmu_parse_block_size(t, dm_shift_arg(&as));
+	if (err) {
+		ti->error = (char *)err;
+		goto bad_free;
+	}
+	r = dmu_parse_features(t, &as, &ti->error);
+	if (r)
+		goto bad_free;
+	if (ti->len < t->block_sectors || ti->len & (t->block_sectors - 1)) {
+		ti->error = "Length must be a multiple of the block size";
+		r = -EINVAL;
+		goto bad_free;
+	}
+	t->nr_blocks = ti->len >> t->block_shift;
+
+	r = dmu_get_devices(t, &as, &ti->error);
+	if (r)
+		goto bad_free;
+
+	r = dm_set_target_max_io_len(ti, t->block_sectors);
+	if (r) {
+		ti->error = "Cannot set the block size as max I/O length";
+		goto bad_put_devices;
+	}
+
+	t->kcopyd = dm_kcopyd_client_create(NULL);
+	if (IS_ERR(t->kcopyd)) {
+		r = PTR_ERR(t->kcopyd);
+		ti->error = "Cannot create kcopyd client";
+		goto bad_put_devices;
+	}
+
+	t->wq = alloc_workqueue("dmu-%s", WQ_MEM_RECLAIM, 0, t->key);
+	if (!t->wq) {
+		r = -ENOMEM;
+		ti->error = "Cannot create workqueue";
+		goto bad_destroy_kcopyd;
+	}
+
+	r = dmu_transport_register(t);
+	if (r) {
+		ti->error = r == -EBUSY ? "Key already in use" :
+			"Cannot register control device";
+		goto bad_destroy_wq;
+	}
+
+	ti->num_flush_bios = 1;
+	ti->per_io_data_size = sizeof(struct dmu_per_bio);
+	ti->private = t;
+	return 0;
+
+bad_destroy_wq:
+	destroy_workqueue(t->wq);
+bad_destroy_kcopyd:
+	dm_kcopyd_client_destroy(t->kcopyd);
+bad_put_devices:
+	dmu_put_devices(t);
+bad_free:
+	kfree(t);
+	return r;
+}
+
+void dmu_target_release(struct kref *kref)
+{
+	kfree(container_of(kref, struct dmu_target, kref));
+}
+
+/*
+ * Free what is left. dm core suspended the target first, so no bio is in
+ * flight; any bio still queued (a daemon that never answered) fails.
+ */
+static void dmu_drain(struct dmu_target *t)
+{
+	struct dmu_out *out, *tmp;
+	struct rb_node *n, *next;
+	struct bio_list bios;
+	unsigned long flags;
+
+	bio_list_init(&bios);
+	spin_lock_irqsave(&t->lock, flags);
+	for (n = rb_first(&t->pending); n; n = next) {
+		struct dmu_pending *p = rb_entry(n, struct dmu_pending, node);
+
+		next = rb_next(n);
+		list_del_init(&p->out.node);
+		__dmu_pending_erase(t, p);
+		bio_list_merge(&bios, &p->bios);
+		if (p->m)
+			kmem_cache_free(dmu_mapping_cache, p->m);
+		mempool_free(p, dmu_pending_pool);
+	}
+	list_del_init(&t->commit_out.node);
+	bio_list_merge(&bios, &t->commit_bios);
+	bio_list_merge(&bios, &t->commit_wait);
+	bio_list_merge(&bios, &t->release);
+	bio_list_init(&t->commit_bios);
+	bio_list_init(&t->commit_wait);
+	bio_list_init(&t->release);
+	list_splice_init(&t->sent, &t->outq);
+	list_for_each_entry_safe(out, tmp, &t->outq, node) {
+		list_del_init(&out->node);
+		if (out->consumed)
+			out->consumed(t, out);
+	}
+	while (!list_empty(&t->lru))
+		__dmu_mapping_drop(t, list_first_entry(&t->lru,
+						       struct dmu_mapping,
+						       lru));
+	spin_unlock_irqrestore(&t->lock, flags);
+
+	if (!bio_list_empty(&bios)) {
+		DMWARN("%s: failing bios left at destruction", t->key);
+		dmu_end_bios(&bios, EIO, false);
+	}
+}
+
+static void dmu_dtr(struct dm_target *ti)
+{
+	struct dmu_target *t = ti->private;
+
+	/* No new opener; a connected daemon reads 0 from now on. */
+	dmu_transport_unregister(t);
+	cancel_delayed_work_sync(&t->timeout_work);
+	destroy_workqueue(t->wq);
+	dm_kcopyd_client_destroy(t->kcopyd);
+	dmu_drain(t);
+	dmu_put_devices(t);
+	kref_put(&t->kref, dmu_target_release);
+}
+
+static struct target_type dmu_target = {
+	.name = "userspace",
+	.version = {1, 0, 0},
+	.module = THIS_MODULE,
+	.ctr = dmu_ctr,
+	.dtr = dmu_dtr,
+	.map = dmu_map,
+	.end_io = dmu_end_io,
+	.presuspend = dmu_presuspend,
+	.postsuspend = dmu_postsuspend,
+	.resume = dmu_resume,
+	.status = dmu_status,
+	.message = dmu_message,
+	.iterate_devices = dmu_iterate_devices,
+};
+
+static int __init dmu_init(void)
+{
+	int r;
+
+	BUILD_BUG_ON(sizeof(struct dmu_msg) != DMU_MSG_SIZE);
+	BUILD_BUG_ON(sizeof(struct dmu_features) != 48);
+	BUILD_BUG_ON(sizeof(struct dmu_map_request) != 48);
+	BUILD_BUG_ON(sizeof(struct dmu_map_reply) != 48);
+	BUILD_BUG_ON(sizeof(struct dmu_commit_done) != 48);
+	BUILD_BUG_ON(sizeof(struct dmu_invalidate) != 48);
+	BUILD_BUG_ON(sizeof(struct dmu_copy_error) != 48);
+	BUILD_BUG_ON(offsetof(struct dmu_msg, payload) != 16);
+
+	dmu_mapping_cache = KMEM_CACHE(dmu_mapping, 0);
+	if (!dmu_mapping_cache)
+		return -ENOMEM;
+	dmu_pending_cache = KMEM_CACHE(dmu_pending, 0);
+	if (!dmu_pending_cache) {
+		r = -ENOMEM;
+		goto bad_mapping_cache;
+	}
+	dmu_pending_pool = mempool_create_slab_pool(64, dmu_pending_cache);
+	if (!dmu_pending_pool) {
+		r = -ENOMEM;
+		goto bad_pending_cache;
+	}
+	r = dm_register_target(&dmu_target);
+	if (r < 0) {
+		DMERR("register failed %d", r);
+		goto bad_pool;
+	}
+	return 0;
+
+bad_pool:
+	mempool_destroy(dmu_pending_pool);
+bad_pending_cache:
+	kmem_cache_destroy(dmu_pending_cache);
+bad_mapping_cache:
+	kmem_cache_destroy(dmu_mapping_cache);
+	return r;
+}
+
+static void __exit dmu_exit(void)
+{
+	dm_unregister_target(&dmu_target);
+	mempool_destroy(dmu_pending_pool);
+	kmem_cache_destroy(dmu_pending_cache);
+	kmem_cache_destroy(dmu_mapping_cache);
+}
+
+module_init(dmu_init);
+module_exit(dmu_exit);
+
+MODULE_DESCRIPTION(DM_NAME " target asking a userspace daemon where blocks live");
+MODULE_LICENSE("GPL");
+MODULE_ALIAS("dm-userspace");

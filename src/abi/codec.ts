@@ -150,7 +150,7 @@ export function decodeMessage(buf: Buffer, offset = 0, opts: DecodeOptions = {},
 /** Encode a batch: the messages back to back, msgs.length * 64 bytes. */
 export function encodeBatch(msgs: readonly DmuMessage[]): Buffer {
 	const buf = Buffer.alloc(msgs.length * DMU_MSG_SIZE);
-	msgs.forEach((m, i) => encodeMessage(m, buf, i * DMU_MSG_SIZE, i));
+	for (const [i, m] of msgs.entries()) encodeMessage(m, buf, i * DMU_MSG_SIZE, i);
 	return buf;
 }
 

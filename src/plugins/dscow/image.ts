@@ -1,0 +1,230 @@
+/**
+ * An opened dscow image: answers map() from the bitmap and makes new bits
+ * durable on commit().
+ *
+ * Devices: 0 = the image file (block N at firstBlock + N*blockSize),
+ * 1 = the base (read-only, block N at N*blockSize) when there is one, and
+ * the scratch device for the base's last block when the base does not end
+ * on a block boundary (the kernel maps and copies whole blocks, and must
+ * never read past the base's end).
+ *
+ * Crash safety: a new block's bit is only written by commit(), which the
+ * kernel calls after flushing the data devices. A crash before that leaves
+ * the bit clear: the block reads from the base as if the write never
+ * happened (allowed: it was never flushed). Such orphaned data is a leak
+ * (dmu check exit 3), and because it may sit in a hole we would otherwise
+ * trust to read zeros, an image opened after a crash zero-fills a new block
+ * itself when no copy-first will overwrite it.
+ */
+import { type FileHandle, open } from 'node:fs/promises';
+import { dirname, resolve, sep } from 'node:path';
+import { DmuError } from '../../errors.js';
+import type { Capabilities, Image, ImageDevice, MapDecision, MapRequest, OpenOptions, ScratchArea } from '../types.js';
+import { verify } from './base.js';
+import { Bitmap } from './bitmap.js';
+import { type Header, decodeHeader, dataEnd, encodeHeader, FLAG_CLEAN, HEADER_SIZE } from './layout.js';
+
+const EIO = 5;
+const EROFS = 30;
+
+const under = (path: string, dir: string) => path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
+
+export interface Loaded {
+	header: Header;
+	bitmap: Bitmap;
+	fileSize: bigint;
+}
+
+/** Read and validate header and bitmap (no writes). */
+export async function load(fh: FileHandle, path: string): Promise<Loaded> {
+	const st = await fh.stat({ bigint: true });
+	const buf = Buffer.alloc(HEADER_SIZE);
+	await fh.read(buf, 0, HEADER_SIZE, 0);
+	const header = decodeHeader(buf, st.size, path);
+	const raw = Buffer.alloc(Number(header.bitmapWords) * 4);
+	const { bytesRead } = await fh.read(raw, 0, raw.length, Number(header.bitmapOffset));
+	if (bytesRead !== raw.length) throw new DmuError('DMU_ERR_BAD_IMAGE', `${path}: bitmap is truncated`);
+	return { header, bitmap: new Bitmap(header.blockCount, raw), fileSize: st.size };
+}
+
+/** Which base file to use: the command line's, else the header's if it lies in an allowed place. */
+export function resolveBase(path: string, header: Header, opts: OpenOptions): string | undefined {
+	if (opts.base) {
+		if (!header.basePath) throw new DmuError('DMU_ERR_BASE', `${path}: this dscow image has no base, but base ${opts.base} was given`);
+		return resolve(opts.base);
+	}
+	if (!header.basePath) return undefined;
+	const roots = [dirname(resolve(path)), ...(opts.allowedRoots ?? []).map((r) => resolve(r))];
+	if (!roots.some((r) => under(header.basePath, r))) {
+		throw new DmuError(
+			'DMU_ERR_BASE',
+			`${path}: base ${header.basePath} named in the image is outside ${roots.join(', ')}; give the base explicitly or allow its directory`,
+		);
+	}
+	return header.basePath;
+}
+
+export class DscowImage implements Image {
+	readonly format = 'dscow';
+	readonly virtualSize: bigint;
+	readonly blockSize: number;
+	readonly devices: readonly ImageDevice[];
+	readonly capabilities: Capabilities;
+	/** Blocks allocated since the last commit started: their bits are not on disk yet. */
+	#pending = new Set<bigint>();
+	#commitChain: Promise<void> = Promise.resolve();
+	#lastPartial: { block: bigint; sector?: Promise<bigint> } | undefined;
+	#closed = false;
+
+	private constructor(
+		readonly path: string,
+		readonly header: Header,
+		readonly bitmap: Bitmap,
+		readonly basePath: string | undefined,
+		readonly readOnly: boolean,
+		/** Opened after a crash: holes may hold orphaned data. */
+		readonly wasDirty: boolean,
+		private readonly fh: FileHandle,
+		private readonly scratch: ScratchArea | undefined,
+	) {
+		this.virtualSize = header.virtualSize;
+		this.blockSize = header.blockSize;
+		const devs: ImageDevice[] = [{ path, writable: !readOnly }];
+		if (basePath) devs.push({ path: basePath, writable: false });
+		this.devices = devs;
+		const bs = BigInt(header.blockSize);
+		const partial = basePath !== undefined && header.base.size % bs !== 0n;
+		if (partial) this.#lastPartial = { block: header.base.size / bs };
+		this.capabilities = { write: !readOnly, flush: !readOnly, scratch: partial };
+	}
+
+	static async open(path: string, opts: OpenOptions = {}): Promise<DscowImage> {
+		const abs = resolve(path);
+		const readOnly = opts.readOnly ?? false;
+		let fh: FileHandle;
+		try {
+			fh = await open(abs, readOnly ? 'r' : 'r+');
+		} catch (e) {
+			throw new DmuError('DMU_ERR_OPEN', `cannot open ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+		}
+		try {
+			const { header, bitmap, fileSize } = await load(fh, path);
+			const stray = bitmap.strayBits();
+			if (stray) throw new DmuError('DMU_ERR_BAD_IMAGE', `${path}: corrupt bitmap: bits set past the last block (run dmu check -r all)`);
+			const basePath = resolveBase(path, header, opts);
+			if (basePath) await verify(basePath, header.base, path);
+			const wasDirty = (header.flags & FLAG_CLEAN) === 0;
+			if (!readOnly) {
+				// Everything was validated above; only now may we write.
+				if (fileSize < dataEnd(header)) await fh.truncate(Number(dataEnd(header)));
+				await fh.write(encodeHeader({ ...header, flags: header.flags & ~FLAG_CLEAN }), 0, HEADER_SIZE, 0);
+				await fh.datasync();
+			}
+			opts.log?.debug({ image: path, base: basePath, wasDirty }, 'dscow image opened');
+			return new DscowImage(abs, header, bitmap, basePath, readOnly, wasDirty, fh, opts.scratch);
+		} catch (e) {
+			await fh.close();
+			throw e;
+		}
+	}
+
+	#imageSector(block: bigint): bigint {
+		return (this.header.firstBlock + block * BigInt(this.blockSize)) / 512n;
+	}
+
+	/** The base's last, partial block, zero-padded, stored once on the scratch device. */
+	#partialSector(): Promise<bigint> {
+		const lp = this.#lastPartial!;
+		if (!this.scratch) throw new DmuError('DMU_ERR_SCRATCH', `${this.path}: the base's last block is partial and no scratch device was given`);
+		lp.sector ??= (async () => {
+			const bs = BigInt(this.blockSize);
+			const len = Number(this.header.base.size - lp.block * bs);
+			const buf = Buffer.alloc(this.blockSize);
+			const base = await open(this.basePath!, 'r');
+			try {
+				await base.read(buf, 0, len, Number(lp.block * bs));
+			} finally {
+				await base.close();
+			}
+			return this.scratch!.put(buf);
+		})();
+		return lp.sector;
+	}
+
+	/** Where an unallocated block's old contents come from, or undefined for zeros. */
+	async #source(block: bigint): Promise<{ dev: number; sector: bigint } | undefined> {
+		if (!this.basePath) return undefined;
+		if (this.#lastPartial?.block === block) return { dev: this.scratch!.dev, sector: await this.#partialSector() };
+		if (block * BigInt(this.blockSize) >= this.header.base.size) return undefined; // past the base: zeros
+		return { dev: 1, sector: (block * BigInt(this.blockSize)) / 512n };
+	}
+
+	async map(req: MapRequest): Promise<MapDecision> {
+		const { block } = req;
+		if (block < 0n || block >= this.header.blockCount) return { kind: 'error', errno: EIO };
+		if (this.bitmap.get(block)) {
+			return {
+				kind: 'map',
+				dev: 0,
+				sector: this.#imageSector(block),
+				writable: !this.readOnly,
+				durable: !this.#pending.has(block),
+			};
+		}
+		const src = await this.#source(block);
+		if (!req.write) {
+			if (!src) return { kind: 'zero' };
+			return { kind: 'map', dev: src.dev, sector: src.sector, writable: false, durable: true };
+		}
+		if (this.readOnly) return { kind: 'error', errno: EROFS };
+		if (!src && !req.wholeBlock && this.wasDirty) {
+			// A hole after a crash may hold orphaned data: make it zeros.
+			await this.fh.write(Buffer.alloc(this.blockSize), 0, this.blockSize, Number(this.#imageSector(block) * 512n));
+		}
+		this.bitmap.set(block);
+		this.#pending.add(block);
+		const d: MapDecision = { kind: 'map', dev: 0, sector: this.#imageSector(block), writable: true, durable: false };
+		if (src && !req.wholeBlock) d.copyFrom = src;
+		return d;
+	}
+
+	commit(): Promise<void> {
+		// Commits run one after another; each writes the words dirty when it starts.
+		const run = this.#commitChain.then(() => this.#commit());
+		this.#commitChain = run.catch(() => undefined);
+		return run;
+	}
+
+	async #commit(): Promise<void> {
+		if (this.readOnly) return;
+		const blocks = [...this.#pending];
+		const words = this.bitmap.takeDirty();
+		// Encode before the first await: a block allocated while we write must
+		// not reach the disk before the kernel has flushed its data.
+		const writes = Bitmap.runs(words).map(([first, count]) => ({ first, buf: this.bitmap.encode(first, count) }));
+		try {
+			for (const { first, buf } of writes) {
+				await this.fh.write(buf, 0, buf.length, Number(this.header.bitmapOffset) + first * 4);
+			}
+			await this.fh.datasync();
+		} catch (e) {
+			this.bitmap.markDirty(words);
+			throw new DmuError('DMU_ERR_IO', `${this.path}: commit failed: ${(e as Error).message}`);
+		}
+		for (const b of blocks) this.#pending.delete(b);
+	}
+
+	async close(): Promise<void> {
+		if (this.#closed) return;
+		this.#closed = true;
+		try {
+			if (!this.readOnly) {
+				await this.commit();
+				await this.fh.write(encodeHeader({ ...this.header, flags: this.header.flags | FLAG_CLEAN }), 0, HEADER_SIZE, 0);
+				await this.fh.datasync();
+			}
+		} finally {
+			await this.fh.close();
+		}
+	}
+}

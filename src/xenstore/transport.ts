@@ -1,0 +1,114 @@
+/**
+ * Byte pipes to a xenstore daemon. Two kinds:
+ *  - a unix socket (dom0 tools talking to xenstored: /run/xenstored/socket);
+ *  - the xenbus character device /dev/xen/xenbus (any domain, through the
+ *    kernel). libuv cannot poll a character device (net.Socket refuses it),
+ *    so we read it with fs.read in a loop: each read blocks one libuv pool
+ *    thread until the kernel has a reply or a watch event. One connection
+ *    therefore holds one of the pool's threads (4 by default) for its life.
+ */
+import { once } from 'node:events';
+import { type FileHandle, open } from 'node:fs/promises';
+import { type Socket, createConnection } from 'node:net';
+import { Op } from './messages.js';
+import { frame, strings } from './serializer.js';
+
+export interface TransportEvents {
+	/** Bytes arrived; frames may be cut anywhere. */
+	onData(chunk: Buffer): void;
+	/** The pipe is gone: `err` unless it was closed by close(). Called once. */
+	onClose(err?: Error): void;
+}
+
+export interface Transport {
+	/** Queues one or more whole frames; order is kept. */
+	write(buf: Buffer): void;
+	/** Stops delivering data and releases the pipe. */
+	close(): Promise<void>;
+}
+
+export async function openSocket(path: string, ev: TransportEvents): Promise<Transport> {
+	const sock: Socket = createConnection(path);
+	await once(sock, 'connect');
+	let closing = false;
+	let err: Error | undefined;
+	const closed = new Promise<void>((resolve) =>
+		sock.on('close', () => {
+			ev.onClose(closing ? undefined : (err ?? new Error(`${path}: connection closed by daemon`)));
+			resolve();
+		}),
+	);
+	sock.on('data', (chunk) => ev.onData(chunk));
+	sock.on('error', (e) => {
+		err = e;
+	});
+	return {
+		write: (buf) => {
+			sock.write(buf);
+		},
+		close: async () => {
+			if (closing) return;
+			closing = true;
+			sock.destroy();
+			await closed;
+		},
+	};
+}
+
+/** Big enough for any frame (16 + 4096) and for several at once. */
+const READ_SIZE = 64 * 1024;
+
+/** req_id of the wake-up request sent by close(); the client never uses 0. */
+const WAKE_REQ_ID = 0;
+
+export async function openDevice(path: string, ev: TransportEvents): Promise<Transport> {
+	const fh: FileHandle = await open(path, 'r+');
+	let closing = false;
+	let reported = false;
+	let writes = Promise.resolve();
+	const report = (err?: Error) => {
+		if (reported) return;
+		reported = true;
+		ev.onClose(err);
+	};
+
+	const writeAll = async (buf: Buffer) => {
+		for (let off = 0; off < buf.length; ) {
+			const { bytesWritten } = await fh.write(buf, off, buf.length - off);
+			off += bytesWritten;
+		}
+	};
+
+	const reader = (async () => {
+		const buf = Buffer.allocUnsafe(READ_SIZE);
+		for (;;) {
+			const { bytesRead } = await fh.read(buf, 0, READ_SIZE, null);
+			if (closing) return;
+			if (bytesRead === 0) throw new Error(`${path}: end of file`);
+			ev.onData(Buffer.from(buf.subarray(0, bytesRead)));
+		}
+	})();
+	reader.then(
+		() => report(),
+		(e: Error) => report(closing ? undefined : e),
+	);
+
+	return {
+		write: (buf) => {
+			// A failed write leaves the daemon with half a frame: the
+			// connection is unusable, so report it closed.
+			writes = writes.then(() => writeAll(buf)).catch((e: Error) => report(closing ? undefined : e));
+		},
+		close: async () => {
+			if (closing) return;
+			closing = true;
+			// A read blocked in the kernel keeps the fd (and Node's event
+			// loop) busy until something arrives; closing the fd does not
+			// wake it. Ask for something harmless so the reply ends the read.
+			writes = writes.then(() => writeAll(frame(Op.DIRECTORY, WAKE_REQ_ID, 0, strings('/')))).catch(() => {});
+			await writes;
+			await reader.catch(() => {});
+			await fh.close();
+		},
+	};
+}

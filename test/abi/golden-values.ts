@@ -6,7 +6,7 @@
 import { MapFlag, MsgType, type MsgTypeName, ReqFlag } from '../../src/abi/constants.js';
 import type { DmuMessage } from '../../src/abi/messages.js';
 
-export const GOLDEN_MESSAGES: Record<MsgTypeName, DmuMessage> = {
+export const GOLDEN_MESSAGES = {
 	FEATURES: {
 		type: MsgType.FEATURES,
 		flags: 0,
@@ -49,5 +49,4 @@ export const GOLDEN_MESSAGES: Record<MsgTypeName, DmuMessage> = {
 		count: 0xa2a3a4a5n,
 		error: 0,
 	},
-};
-
+} satisfies Record<MsgTypeName, DmuMessage>;

@@ -106,6 +106,13 @@ export interface OpenOptions {
 	force?: boolean;
 	scratch?: ScratchArea;
 	log?: Logger;
+	/**
+	 * The disk is still attached and a new daemon takes it over (the old one
+	 * died): mappings the old daemon handed out but never committed are in
+	 * use by the kernel and must be kept, not forgotten. Formats that record
+	 * allocations before commit (dscow's live bitmap) restore them.
+	 */
+	resume?: boolean;
 }
 
 export interface CreateOptions {

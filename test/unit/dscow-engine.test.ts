@@ -151,6 +151,23 @@ t.test('a crash between write and commit leaves a consistent image', async (t) =
 	t.strictSame(await plugin.check(image), { corruptions: [], leaks: [], repaired: [] }, 'clean after repair');
 });
 
+t.test('a daemon restart (resume) keeps allocations the dead daemon never committed', async (t) => {
+	const { image, baseData } = await setup(t, 1 << 20);
+	const data = randomBytes(300);
+	const e = await BlockEngine.open(plugin, image);
+	await e.write(3 * BS + 50, data); // allocated, never committed; the daemon dies
+	const model = Buffer.from(baseData);
+	data.copy(model, 3 * BS + 50);
+	const e2 = await BlockEngine.open(plugin, image, { resume: true });
+	t.match(await e2.image.map({ block: 3n, write: false, wholeBlock: false, roFault: false }), { dev: 0, durable: false }, 'block 3 still allocated, not yet durable');
+	t.same(await e2.read(0, 1 << 20), model, 'the write is still there');
+	await e2.close();
+	t.equal((await plugin.info(image)).allocatedBlocks, 1n, 'committed on close');
+	const e3 = await BlockEngine.open(plugin, image);
+	t.same(await e3.read(0, 1 << 20), model, 'and after a normal reopen');
+	await e3.close();
+});
+
 t.test('after a crash, a hole with orphaned data reads zeros once allocated (no base)', async (t) => {
 	const { image } = await setup(t, null);
 	const e = await BlockEngine.open(plugin, image);

@@ -20,13 +20,13 @@ const tmp = async (t: { teardown(fn: () => unknown): void }) => {
 
 t.test('geometry matches the seed and the brief', async (t) => {
 	// The seed: a 537919488-byte base with 64 KiB blocks.
-	t.strictSame(geometry(537919488n, 65536), { blockCount: 8208n, bitmapWords: 257n, bitmapOffset: 4096n, firstBlock: 65536n });
+	t.strictSame(geometry(537919488n, 65536), { blockCount: 8208n, bitmapWords: 257n, bitmapOffset: 4096n, liveOffset: 4096n + 257n * 4n, firstBlock: 65536n });
 	// 1 GiB, 64 KiB blocks: 16384 blocks, 512 words, first block at 64 KiB.
-	t.strictSame(geometry(1n << 30n, 65536), { blockCount: 16384n, bitmapWords: 512n, bitmapOffset: 4096n, firstBlock: 65536n });
+	t.strictSame(geometry(1n << 30n, 65536), { blockCount: 16384n, bitmapWords: 512n, bitmapOffset: 4096n, liveOffset: 6144n, firstBlock: 65536n });
 	// Small blocks: the bitmap no longer fits before the first block.
 	const g = geometry(1n << 40n, 4096); // 2^28 blocks -> 32 MiB bitmap
 	t.equal(g.bitmapWords, 1n << 23n);
-	t.equal(g.firstBlock, 4096n + (1n << 25n));
+	t.equal(g.firstBlock, 4096n + 2n * (1n << 25n), 'header + bitmap + live bitmap');
 	for (const bad of [0, 512, 3000, 4097, 4 * 1024 * 1024]) {
 		t.throws(() => geometry(1n << 30n, bad), /power of two/, `block size ${bad} refused`);
 	}
@@ -69,6 +69,8 @@ t.test('hostile headers are refused with one line and never written', async (t) 
 		{ name: 'bitmap over the header', patch: u64(48, 0n), msg: /overlaps the header/ },
 		{ name: 'first block overlapping the bitmap', patch: u64(32, 4096n), msg: /overlaps the bitmap/ },
 		{ name: 'first block unaligned', patch: u64(32, 65537n), msg: /multiple of 4096/ },
+		{ name: 'live bitmap over the bitmap', patch: u64(120, 4096n), msg: /live bitmap offset/ },
+		{ name: 'live bitmap beyond the file end', patch: u64(120, 1n << 40n), msg: /live bitmap .*beyond/ },
 		{ name: 'header size', patch: u32(28, 512), msg: /header size/ },
 		{ name: 'base path length past the header', patch: u32(112, 5000), msg: /path length/ },
 		{ name: 'relative base path', patch: (b) => { b.write('rel/x', 256); b.writeUInt32LE(5, 112); }, msg: /not absolute/ },

@@ -39,9 +39,10 @@ export async function create(path: string, opts: CreateOptions): Promise<Header>
 	}
 	try {
 		await fh.write(buf, 0, buf.length, 0);
-		// The bitmap region is written (zeros) so it is never a hole a later
+		// The bitmap regions are written (zeros) so it is never a hole a later
 		// SEEK_DATA-based copy could drop.
-		await fh.write(Buffer.alloc(Number(g.bitmapWords) * 4), 0, Number(g.bitmapWords) * 4, Number(g.bitmapOffset));
+		const bitmaps = Number(2n * g.bitmapWords * 4n);
+		await fh.write(Buffer.alloc(bitmaps), 0, bitmaps, Number(g.bitmapOffset)); // bitmap + live bitmap
 		await fh.truncate(Number(g.firstBlock + g.blockCount * BigInt(blockSize)));
 		await fh.sync();
 		await fh.close();

@@ -73,6 +73,7 @@ export class DscowImage implements Image {
 	/** Blocks allocated since the last commit started: their bits are not on disk yet. */
 	#pending = new Set<bigint>();
 	#commitChain: Promise<void> = Promise.resolve();
+	#liveChain: Promise<void> = Promise.resolve();
 	#lastPartial: { block: bigint; sector?: Promise<bigint> } | undefined;
 	#closed = false;
 
@@ -114,14 +115,32 @@ export class DscowImage implements Image {
 			const basePath = resolveBase(path, header, opts);
 			if (basePath) await verify(basePath, header.base, path);
 			const wasDirty = (header.flags & FLAG_CLEAN) === 0;
+			const pending: bigint[] = [];
 			if (!readOnly) {
 				// Everything was validated above; only now may we write.
 				if (fileSize < dataEnd(header)) await fh.truncate(Number(dataEnd(header)));
+				const len = Number(header.bitmapWords) * 4;
+				if (opts.resume) {
+					// The kernel still uses what the dead daemon allocated: keep it, commit it next.
+					const live = Buffer.alloc(len);
+					await fh.read(live, 0, len, Number(header.liveOffset));
+					const liveMap = new Bitmap(header.blockCount, live);
+					for (let w = 0; w < bitmap.words.length; w++) {
+						const extra = (liveMap.words[w]! & ~bitmap.words[w]!) >>> 0;
+						for (let b = 0; b < 32; b++) if (extra & (1 << b)) pending.push(BigInt(w * 32 + b));
+					}
+					for (const b of pending) if (b < header.blockCount) bitmap.set(b);
+				} else {
+					// Allocations never committed died with the old daemon and the disk.
+					await fh.write(bitmap.encode(0, bitmap.words.length), 0, len, Number(header.liveOffset));
+				}
 				await fh.write(encodeHeader({ ...header, flags: header.flags & ~FLAG_CLEAN }), 0, HEADER_SIZE, 0);
 				await fh.datasync();
 			}
-			opts.log?.debug({ image: path, base: basePath, wasDirty }, 'dscow image opened');
-			return new DscowImage(abs, header, bitmap, basePath, readOnly, wasDirty, fh, opts.scratch);
+			opts.log?.debug({ image: path, base: basePath, wasDirty, resumed: pending.length }, 'dscow image opened');
+			const img = new DscowImage(abs, header, bitmap, basePath, readOnly, wasDirty, fh, opts.scratch);
+			for (const b of pending) img.#pending.add(b);
+			return img;
 		} catch (e) {
 			await fh.close();
 			throw e;
@@ -183,9 +202,24 @@ export class DscowImage implements Image {
 		}
 		this.bitmap.set(block);
 		this.#pending.add(block);
+		await this.#recordLive(block);
 		const d: MapDecision = { kind: 'map', dev: 0, sector: this.#imageSector(block), writable: true, durable: false };
 		if (src && !req.wholeBlock) d.copyFrom = src;
 		return d;
+	}
+
+	/**
+	 * Write the block's word to the live bitmap (no fsync: it only has to
+	 * survive the daemon, not the host). Writes are chained and each encodes
+	 * the word when it runs, so the last write always carries every bit.
+	 */
+	#recordLive(block: bigint): Promise<void> {
+		const w = Number(block) >>> 5;
+		const run = this.#liveChain.then(() =>
+			this.fh.write(this.bitmap.encode(w, 1), 0, 4, Number(this.header.liveOffset) + w * 4).then(() => undefined),
+		);
+		this.#liveChain = run.catch(() => undefined);
+		return run;
 	}
 
 	commit(): Promise<void> {

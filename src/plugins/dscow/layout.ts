@@ -21,8 +21,16 @@
  *   80 32  SHA-256 of base size + the base's first and last 64 KiB
  *  112  4  base path length (0 = no base: unallocated blocks read zeros)
  *  116  4  CRC-32 of the 4 KiB header with this field zero
- *  120 .. 255 reserved (zero)
+ *  120  8  live bitmap offset (after the bitmap, before the first block)
+ *  128 .. 255 reserved (zero)
  *  256 .. base path (UTF-8, absolute)
+ *
+ * The live bitmap is a second copy of the bitmap, updated (without fsync)
+ * each time a block is allocated, so a daemon killed between a write and
+ * its commit can be replaced by a new one that still knows every block the
+ * kernel has been told about (the disk stayed attached: the page cache holds
+ * those writes). After a host crash it is ignored: only the committed
+ * bitmap, made durable after the data, is trusted.
  *
  * decodeHeader() trusts nothing: every field is checked against the others
  * and the file size before anyone uses it, so a hostile header is refused
@@ -64,6 +72,7 @@ export interface Header {
 	blockCount: bigint;
 	bitmapOffset: bigint;
 	bitmapWords: bigint;
+	liveOffset: bigint;
 	/** Absolute path of the base, or '' for a plain sparse image. */
 	basePath: string;
 	base: BaseIdentity;
@@ -98,11 +107,12 @@ export function geometry(virtualSize: bigint, blockSize: number) {
 	const bitmapOffset = BigInt(HEADER_SIZE);
 	// The seed aligned the first block to the block size (65536 for 64 KiB
 	// blocks): a block then never straddles a larger device page or stripe.
-	const firstBlock = roundUp(bitmapOffset + bitmapWords * 4n, bs);
+	const liveOffset = bitmapOffset + bitmapWords * 4n;
+	const firstBlock = roundUp(liveOffset + bitmapWords * 4n, bs);
 	if (firstBlock + blockCount * bs > MAX_OFFSET) {
 		throw new DmuError('DMU_ERR_BAD_OPTION', `dscow: ${virtualSize} bytes is too large`);
 	}
-	return { blockCount, bitmapWords, bitmapOffset, firstBlock };
+	return { blockCount, bitmapWords, bitmapOffset, liveOffset, firstBlock };
 }
 
 export function encodeHeader(h: Header): Buffer {
@@ -125,6 +135,7 @@ export function encodeHeader(h: Header): Buffer {
 		throw new DmuError('DMU_ERR_BAD_OPTION', `dscow: base path is longer than ${MAX_PATH} bytes`);
 	}
 	b.writeUInt32LE(path.length, 112);
+	b.writeBigUInt64LE(h.liveOffset, 120);
 	path.copy(b, PATH_OFFSET);
 	b.writeUInt32LE(crc32(b), 116);
 	return b;
@@ -165,8 +176,12 @@ export function decodeHeader(buf: Buffer, fileSize: bigint, path: string): Heade
 	if (bitmapOffset < BigInt(HEADER_SIZE) || bitmapOffset % 4n !== 0n) throw bad(path, `bitmap offset ${bitmapOffset} overlaps the header or is unaligned`);
 	const bitmapEnd = bitmapOffset + bitmapWords * 4n;
 	if (bitmapEnd > fileSize) throw bad(path, `bitmap (ends at ${bitmapEnd}) lies beyond the end of the file (${fileSize} bytes)`);
+	const liveOffset = buf.readBigUInt64LE(120);
+	if (liveOffset < bitmapEnd || liveOffset % 4n !== 0n) throw bad(path, `live bitmap offset ${liveOffset} overlaps the bitmap or is unaligned`);
+	const liveEnd = liveOffset + bitmapWords * 4n;
+	if (liveEnd > fileSize) throw bad(path, `live bitmap (ends at ${liveEnd}) lies beyond the end of the file (${fileSize} bytes)`);
 	const firstBlock = buf.readBigUInt64LE(32);
-	if (firstBlock < bitmapEnd) throw bad(path, `first block at ${firstBlock} overlaps the bitmap (ends at ${bitmapEnd})`);
+	if (firstBlock < liveEnd) throw bad(path, `first block at ${firstBlock} overlaps the bitmap (ends at ${liveEnd})`);
 	if (firstBlock % 4096n !== 0n) throw bad(path, `first block offset ${firstBlock} is not a multiple of 4096`);
 	if (firstBlock + blockCount * bs > MAX_OFFSET) throw bad(path, `blocks would end past ${MAX_OFFSET} bytes`);
 
@@ -184,7 +199,7 @@ export function decodeHeader(buf: Buffer, fileSize: bigint, path: string): Heade
 	if (pathLen > 0 && (base.size === 0n || base.size > virtualSize)) {
 		throw bad(path, `base size ${base.size} is 0 or larger than the virtual size ${virtualSize}`);
 	}
-	return { version, flags, virtualSize, blockSize, firstBlock, blockCount, bitmapOffset, bitmapWords, basePath, base };
+	return { version, flags, virtualSize, blockSize, firstBlock, blockCount, bitmapOffset, bitmapWords, liveOffset, basePath, base };
 }
 
 /** Bytes the file must have so every block lies inside it. */

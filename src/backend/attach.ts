@@ -1,0 +1,144 @@
+/**
+ * Attaching a disk by hand or from the hotplug script: start one cowd for
+ * it, detached, and wait until its /dev/mapper node serves I/O; detaching
+ * stops that cowd (it commits and removes the device on SIGTERM).
+ *
+ * Run-state lives in /run/dmu (DMU_RUN_DIR): <name>.pid and <name>.spec, so
+ * a detach finds its cowd even when xenstore has already forgotten the disk.
+ * Each cowd logs to /var/log/dmu/<name>.log (DMU_LOG_DIR).
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { DmuError } from '../errors.js';
+import { formatTargetSpec, type TargetSpec } from './target-spec.js';
+
+export const runDir = () => process.env.DMU_RUN_DIR ?? '/run/dmu';
+export const logDir = () => process.env.DMU_LOG_DIR ?? '/var/log/dmu';
+const cowdCli = fileURLToPath(new URL('../cli/cowd.js', import.meta.url));
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$/;
+
+export function checkName(name: string): string {
+	if (!NAME.test(name)) {
+		throw new DmuError('DMU_ERR_BAD_NAME', `bad device name "${name}": use 1-48 of A-Z a-z 0-9 . _ - (starting with a letter or digit)`, 2);
+	}
+	return name;
+}
+
+/** A name for an image when the admin gives none: its file name, sanitised. */
+export function defaultName(spec: TargetSpec): string {
+	const base = spec.image.split('/').pop() ?? 'disk';
+	return `dmu-${base.replace(/[^A-Za-z0-9._-]/g, '_')}`.slice(0, 48);
+}
+
+const alive = (pid: number) => {
+	try {
+		process.kill(pid, 0);
+		return true;
+	} catch {
+		return false;
+	}
+};
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function readPid(name: string): Promise<number | undefined> {
+	const txt = await readFile(join(runDir(), `${name}.pid`), 'utf8').catch(() => undefined);
+	const pid = txt ? Number.parseInt(txt, 10) : Number.NaN;
+	return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+}
+
+async function logTail(log: string): Promise<string> {
+	const txt = await readFile(log, 'utf8').catch(() => '');
+	// cowd logs JSON lines (pino); the last error's msg is what the admin needs.
+	const lines = txt.trim().split('\n').filter(Boolean);
+	for (const line of lines.reverse()) {
+		try {
+			const rec = JSON.parse(line) as { level?: number; msg?: string };
+			if ((rec.level ?? 0) >= 50 && rec.msg) return rec.msg;
+		} catch {
+			if (line.trim()) return line.trim();
+		}
+	}
+	return 'no log output';
+}
+
+export interface AttachOptions {
+	name: string;
+	readOnly?: boolean;
+	/** Seconds to wait for the device to appear. */
+	timeoutSec?: number;
+}
+
+/** Start cowd for `spec` and return /dev/mapper/<name> once it exists. */
+export async function attach(spec: TargetSpec, opts: AttachOptions): Promise<string> {
+	const name = checkName(opts.name);
+	const dev = `/dev/mapper/${name}`;
+	await mkdir(runDir(), { recursive: true });
+	await mkdir(logDir(), { recursive: true });
+	const running = await readPid(name);
+	if (running && alive(running) && (await stat(dev).catch(() => undefined))) return dev; // attaching twice is a no-op
+	const log = join(logDir(), `${name}.log`);
+	const args = [cowdCli, '-p', spec.format, name, spec.image, ...(spec.base ? [spec.base] : [])];
+	if (opts.readOnly) args.push('--read-only');
+	const fd = openSync(log, 'a');
+	// A plain detached spawn: cowd must outlive this process (the hotplug
+	// script exits as soon as the device is there).
+	let child;
+	try {
+		child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', fd, fd] });
+	} finally {
+		closeSync(fd);
+	}
+	const pid = child.pid;
+	if (!pid) throw new DmuError('DMU_ERR_ATTACH', `cannot start cowd for ${name}`);
+	child.unref();
+	await writeFile(join(runDir(), `${name}.pid`), `${pid}\n`);
+	await writeFile(join(runDir(), `${name}.spec`), `${formatTargetSpec(spec)}\n`);
+	const deadline = Date.now() + (opts.timeoutSec ?? 30) * 1000;
+	for (;;) {
+		if (await stat(dev).catch(() => undefined)) {
+			const r = await execa('dmsetup', ['status', name], { reject: false });
+			if (r.exitCode === 0 && / userspace /.test(r.stdout)) return dev;
+		}
+		if (!alive(pid)) {
+			await rm(join(runDir(), `${name}.pid`), { force: true });
+			throw new DmuError('DMU_ERR_ATTACH', `cannot attach ${name}: ${await logTail(log)} (log: ${log})`);
+		}
+		if (Date.now() > deadline) {
+			process.kill(pid, 'SIGTERM');
+			throw new DmuError('DMU_ERR_ATTACH', `cannot attach ${name}: ${dev} did not appear within ${opts.timeoutSec ?? 30} s (log: ${log})`);
+		}
+		await sleep(100);
+	}
+}
+
+/** Stop the cowd serving `name` and wait for it; true if there was one. */
+export async function detach(name: string, opts: { timeoutSec?: number } = {}): Promise<boolean> {
+	checkName(name);
+	const pid = await readPid(name);
+	let found = false;
+	if (pid && alive(pid)) {
+		found = true;
+		process.kill(pid, 'SIGTERM');
+		const deadline = Date.now() + (opts.timeoutSec ?? 30) * 1000;
+		while (alive(pid)) {
+			if (Date.now() > deadline) throw new DmuError('DMU_ERR_DETACH', `cowd for ${name} (pid ${pid}) did not stop within ${opts.timeoutSec ?? 30} s`);
+			await sleep(100);
+		}
+	}
+	// A cowd that died leaves its device behind; remove it if nothing uses it.
+	const info = await execa('dmsetup', ['info', '-c', '--noheadings', '-o', 'open', name], { reject: false });
+	if (info.exitCode === 0) {
+		found = true;
+		const r = await execa('dmsetup', ['remove', name], { reject: false });
+		if (r.exitCode !== 0) throw new DmuError('DMU_ERR_DETACH', `cannot remove /dev/mapper/${name}: ${r.stderr.trim() || 'device busy'}`);
+	}
+	await rm(join(runDir(), `${name}.pid`), { force: true });
+	await rm(join(runDir(), `${name}.spec`), { force: true });
+	return found;
+}

@@ -1,0 +1,434 @@
+/**
+ * Run a bash script inside a QEMU (TCG) guest booted from one of Debian's
+ * stock kernels, with the host root visible read-only (9p + tmpfs overlay).
+ * This is the only place the kernel side of dmu can run: the host kernel has
+ * no device-mapper and cannot load modules. How it works: test/vm/README.md.
+ *
+ * One VM at a time on the machine: every launch holds `flock /tmp/dmu-vm.lock`
+ * for the VM's lifetime, and a hung guest is SIGKILLed after `timeoutSec`.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+
+export type KernelSeries = '6.1' | '6.12';
+
+export interface GuestKernel {
+	series: KernelSeries;
+	/** e.g. 6.1.0-56-amd64 (what `uname -r` says in the guest). */
+	kver: string;
+	/** Host path of the bzImage it comes from. */
+	vmlinuz: string;
+}
+
+export type VmDisk =
+	/** A fresh sparse raw image of this size, created in the run directory and deleted afterwards. */
+	| { sizeMiB: number }
+	/** An existing raw image or block device on the host. */
+	| { path: string; readOnly?: boolean };
+
+export interface VmOptions {
+	kernel: KernelSeries;
+	/** Bash script run as root in the guest, in /work/main (the repo), with DMU_OUT and KVER set. */
+	script: string;
+	/** Appear as /dev/vda, /dev/vdb ... in order. */
+	disks?: VmDisk[];
+	/** Hard bound on the VM's life (after the VM lock is taken). Default 600. */
+	timeoutSec?: number;
+	/** Guest memory. Default 2048. */
+	memMiB?: number;
+	/** Extra environment for the script. */
+	env?: Record<string, string>;
+	/** Names the run directory. Default "vm". */
+	name?: string;
+	/** Keep the images created for `{ sizeMiB }` disks (they are deleted by default). */
+	keepDisks?: boolean;
+}
+
+export interface VmResult {
+	/** The script's exit status; -1 when the guest never reported one (crash, timeout). */
+	exitCode: number;
+	/** Serial console (kernel messages at loglevel <= warning, harness markers, script output). */
+	console: string;
+	/** Host path of the run directory: files the guest wrote to $DMU_OUT, console.log, dmesg.txt. */
+	outDir: string;
+	/** Kernel log lines that indicate a kernel bug (see KERNEL_PROBLEM). */
+	kernelProblems: string[];
+	/** Wall time of the VM, from taking the VM lock to QEMU's exit. */
+	durationMs: number;
+	timedOut: boolean;
+	/** Finer timings, for the curious and for the README. */
+	timing: {
+		/** Time spent waiting for another VM to finish. */
+		lockWaitMs: number;
+		/** Guest uptime when the script started (boot + mounts), or -1. */
+		bootMs: number;
+	};
+}
+
+/**
+ * What marks a kernel problem in a kernel log line. Case-sensitive on purpose:
+ * "loops_per_jiffy" must not count as an Oops.
+ */
+const KERNEL_PROBLEM =
+	/\bBUG:|\bWARNING:|\bOops\b|\bCall Trace|general protection fault|[Kk]ernel panic|blocked for more than/;
+/** Kernel lines on the console carry a printk timestamp; script output does not. */
+const PRINTK_TIME = /\[\s*\d+\.\d{6}\]/;
+
+const VM_LOCK = '/tmp/dmu-vm.lock';
+const DEFAULT_TIMEOUT_SEC = 600;
+
+/** The repo root: the nearest ancestor holding package.json (works from test/ and dist/test/). */
+function findRepoRoot(): string {
+	let dir = path.dirname(fileURLToPath(import.meta.url));
+	while (!fs.existsSync(path.join(dir, 'package.json'))) {
+		const up = path.dirname(dir);
+		if (up === dir) throw new Error('vm: cannot find the repo root (package.json)');
+		dir = up;
+	}
+	return dir;
+}
+
+export const REPO_ROOT = findRepoRoot();
+const HARNESS_DIR = path.join(REPO_ROOT, 'test/vm/harness');
+const CACHE_DIR = path.join(REPO_ROOT, '.cache/vm');
+const RUNS_DIR = path.join(REPO_ROOT, '.cache/vm-runs');
+
+/** Compare version strings chunk by chunk, numbers numerically (6.1.0-9 < 6.1.0-56). */
+function compareVersions(a: string, b: string): number {
+	const pa = a.split(/(\d+)/);
+	const pb = b.split(/(\d+)/);
+	for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+		const x = pa[i] ?? '';
+		const y = pb[i] ?? '';
+		if (x === y) continue;
+		const nx = Number(x);
+		const ny = Number(y);
+		if (x !== '' && y !== '' && !Number.isNaN(nx) && !Number.isNaN(ny)) return nx - ny;
+		return x < y ? -1 : 1;
+	}
+	return 0;
+}
+
+/**
+ * The guest kernels installed on this host: the newest /boot/vmlinuz-6.1.* and
+ * /boot/vmlinuz-6.12.* (KVER_61 / KVER_612 override). A series with no kernel
+ * is left out, so callers can skip rather than fail.
+ */
+export function guestKernels(): GuestKernel[] {
+	const names = fs.readdirSync('/boot').filter((n) => n.startsWith('vmlinuz-'));
+	const out: GuestKernel[] = [];
+	const series: Array<[KernelSeries, string]> = [
+		['6.1', 'KVER_61'],
+		['6.12', 'KVER_612'],
+	];
+	for (const [s, envName] of series) {
+		const forced = process.env[envName];
+		const prefix = `vmlinuz-${s}.`;
+		const kvers = forced
+			? [forced]
+			: names
+					.filter((n) => n.startsWith(prefix))
+					.map((n) => n.slice('vmlinuz-'.length))
+					.sort(compareVersions);
+		const kver = kvers[kvers.length - 1];
+		if (kver === undefined) continue;
+		const vmlinuz = `/boot/vmlinuz-${kver}`;
+		if (!fs.existsSync(vmlinuz)) continue;
+		out.push({ series: s, kver, vmlinuz });
+	}
+	return out;
+}
+
+function guestKernel(series: KernelSeries): GuestKernel {
+	const k = guestKernels().find((g) => g.series === series);
+	if (!k) throw new Error(`vm: no /boot/vmlinuz-${series}.* kernel installed (run .ci/install-deps)`);
+	return k;
+}
+
+function sha256(file: string): string {
+	return createHash('sha256').update(fs.readFileSync(file)).digest('hex').slice(0, 16);
+}
+
+const prepared = new Map<string, Promise<{ vmlinux: string; initramfs: string }>>();
+
+/**
+ * vmlinux + initramfs for a kernel, cached in .cache/vm/<KVER>/ and rebuilt
+ * when the kernel file or the harness scripts change.
+ */
+export function prepareKernel(k: GuestKernel): Promise<{ vmlinux: string; initramfs: string }> {
+	let p = prepared.get(k.kver);
+	if (!p) {
+		p = (async () => {
+			const dir = path.join(CACHE_DIR, k.kver);
+			const st = fs.statSync(k.vmlinuz);
+			const key = [
+				`vmlinuz=${st.size}:${Math.floor(st.mtimeMs)}`,
+				...['init', 'mkinitramfs.sh', 'extract-vmlinux.sh'].map(
+					(f) => `${f}=${sha256(path.join(HARNESS_DIR, f))}`,
+				),
+			].join(' ');
+			fs.mkdirSync(CACHE_DIR, { recursive: true });
+			// flock: another test process may be building the same cache.
+			await execa(
+				'flock',
+				[
+					path.join(CACHE_DIR, `${k.kver}.lock`),
+					path.join(HARNESS_DIR, 'prepare.sh'),
+					k.kver,
+					k.vmlinuz,
+					dir,
+					key,
+				],
+				{ stdio: ['ignore', 'pipe', 'pipe'] },
+			);
+			return { vmlinux: path.join(dir, 'vmlinux'), initramfs: path.join(dir, 'initramfs.cpio.gz') };
+		})();
+		prepared.set(k.kver, p);
+		p.catch(() => prepared.delete(k.kver));
+	}
+	return p;
+}
+
+/** Quote for bash: single quotes, with ' written as '\''. */
+function shQuote(s: string): string {
+	return `'${s.replaceAll("'", "'\\''")}'`;
+}
+
+/** QEMU option values escape ',' by doubling it. */
+function qemuEscape(s: string): string {
+	return s.replaceAll(',', ',,');
+}
+
+function validate(opts: VmOptions): void {
+	if (opts.kernel !== '6.1' && opts.kernel !== '6.12') {
+		throw new Error(`vm: kernel must be '6.1' or '6.12', got ${String(opts.kernel)}`);
+	}
+	for (const name of Object.keys(opts.env ?? {})) {
+		if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new Error(`vm: bad env name ${JSON.stringify(name)}`);
+	}
+	if (opts.name !== undefined && !/^[A-Za-z0-9._-]{1,64}$/.test(opts.name)) {
+		throw new Error(`vm: name must match [A-Za-z0-9._-]{1,64}, got ${JSON.stringify(opts.name)}`);
+	}
+	for (const d of opts.disks ?? []) {
+		if ('sizeMiB' in d) {
+			if (!Number.isInteger(d.sizeMiB) || d.sizeMiB <= 0) throw new Error(`vm: bad disk size ${d.sizeMiB}`);
+		} else if (!fs.existsSync(d.path)) {
+			throw new Error(`vm: disk ${d.path} does not exist`);
+		}
+	}
+	if (opts.disks && opts.disks.length > 20) throw new Error('vm: at most 20 disks');
+	const t = opts.timeoutSec ?? DEFAULT_TIMEOUT_SEC;
+	if (!Number.isFinite(t) || t <= 0) throw new Error(`vm: bad timeoutSec ${t}`);
+}
+
+// Process groups of running VMs, killed if this process is interrupted, so a
+// dying test never leaves a QEMU holding the VM lock.
+const liveGroups = new Set<number>();
+let handlersInstalled = false;
+function killLive(): void {
+	for (const pgid of liveGroups) {
+		try {
+			process.kill(-pgid, 'SIGKILL');
+		} catch {
+			// already gone
+		}
+	}
+	liveGroups.clear();
+}
+function installHandlers(): void {
+	if (handlersInstalled) return;
+	handlersInstalled = true;
+	process.on('exit', killLive);
+	for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+		const onSig = (): void => {
+			killLive();
+			// If nobody else handles the signal, die of it as we would have.
+			if (process.listenerCount(sig) === 1) {
+				process.off(sig, onSig);
+				process.kill(process.pid, sig);
+			}
+		};
+		process.on(sig, onSig);
+	}
+}
+
+function runDirName(name: string): string {
+	const ts = new Date().toISOString().replace(/[:]/g, '').replace('T', '-').replace('Z', '');
+	return `${name}-${ts}-${process.pid}`;
+}
+
+/** Kernel-problem lines from the console (printk lines only) and the guest's dmesg, deduplicated. */
+export function findKernelProblems(consoleText: string, dmesgText: string): string[] {
+	const seen = new Set<string>();
+	const out: string[] = [];
+	const add = (line: string): void => {
+		const key = line.replace(PRINTK_TIME, '').trim();
+		if (seen.has(key)) return;
+		seen.add(key);
+		out.push(line.trim());
+	};
+	for (const line of consoleText.split('\n')) {
+		if (PRINTK_TIME.test(line) && KERNEL_PROBLEM.test(line)) add(line);
+	}
+	for (const line of dmesgText.split('\n')) {
+		if (KERNEL_PROBLEM.test(line)) add(line);
+	}
+	return out;
+}
+
+function readOr(file: string, dflt: string): string {
+	try {
+		return fs.readFileSync(file, 'utf8');
+	} catch {
+		return dflt;
+	}
+}
+
+export async function runInVm(opts: VmOptions): Promise<VmResult> {
+	validate(opts);
+	const kernel = guestKernel(opts.kernel);
+	const { vmlinux, initramfs } = await prepareKernel(kernel);
+	const timeoutSec = opts.timeoutSec ?? DEFAULT_TIMEOUT_SEC;
+
+	const outDir = path.join(RUNS_DIR, runDirName(opts.name ?? 'vm'));
+	fs.mkdirSync(outDir, { recursive: true });
+	// The guest sees this directory as /mnt/out (DMU_OUT); init runs run.sh.
+	fs.writeFileSync(path.join(outDir, 'script.sh'), opts.script);
+	fs.writeFileSync(
+		path.join(outDir, 'env.sh'),
+		Object.entries(opts.env ?? {})
+			.map(([k, v]) => `export ${k}=${shQuote(v)}\n`)
+			.join(''),
+	);
+	fs.writeFileSync(
+		path.join(outDir, 'run.sh'),
+		[
+			'#!/bin/bash',
+			'. /mnt/out/env.sh',
+			`cd ${shQuote(REPO_ROOT)} || exit 99`,
+			'exec /bin/bash /mnt/out/script.sh',
+			'',
+		].join('\n'),
+	);
+
+	const created: string[] = [];
+	const driveArgs: string[] = [];
+	(opts.disks ?? []).forEach((d, i) => {
+		let file: string;
+		let ro = false;
+		if ('sizeMiB' in d) {
+			file = path.join(outDir, `disk${i}.img`);
+			fs.writeFileSync(file, '');
+			fs.truncateSync(file, d.sizeMiB * 1024 * 1024);
+			created.push(file);
+		} else {
+			file = path.resolve(d.path);
+			ro = d.readOnly === true;
+		}
+		driveArgs.push(
+			'-drive',
+			`file=${qemuEscape(file)},format=raw,if=virtio,cache=unsafe${ro ? ',readonly=on' : ''}`,
+		);
+	});
+
+	const qemu = [
+		'qemu-system-x86_64',
+		...['-accel', 'tcg', '-cpu', 'max', '-smp', '2', '-m', `${opts.memMiB ?? 2048}M`],
+		...['-display', 'none', '-no-reboot', '-nodefaults', '-serial', 'stdio', '-monitor', 'none'],
+		...['-kernel', vmlinux, '-initrd', initramfs],
+		// loglevel=5: warnings reach the console, so a hung guest still shows them.
+		...['-append', 'console=ttyS0 panic=-1 loglevel=5 tsc=unstable mitigations=off'],
+		// multidevs=remap: the host / spans several file systems (inode clashes otherwise).
+		...['-fsdev', 'local,id=r,path=/,security_model=none,readonly=on,multidevs=remap'],
+		...['-device', 'virtio-9p-pci,fsdev=r,mount_tag=hostroot'],
+		...['-fsdev', `local,id=o,path=${qemuEscape(outDir)},security_model=none`],
+		...['-device', 'virtio-9p-pci,fsdev=o,mount_tag=out'],
+		...driveArgs,
+	];
+	const startedFile = path.join(outDir, '.lock-acquired');
+	const consoleFile = path.join(outDir, 'console.log');
+	installHandlers();
+	const t0 = Date.now();
+	// flock LOCK sh -c '<note the time>; exec timeout ... qemu ...': the shell
+	// text is constant, every value travels as an argument. timeout runs in
+	// the foreground so the whole VM stays in our detached process group.
+	const child = execa(
+		'flock',
+		[
+			VM_LOCK,
+			'sh',
+			'-c',
+			'date +%s%3N > "$0"; exec "$@"',
+			startedFile,
+			'timeout',
+			'--foreground',
+			'-s',
+			'KILL',
+			String(timeoutSec),
+			...qemu,
+		],
+		{
+			stdin: 'ignore',
+			stdout: { file: consoleFile },
+			stderr: { file: path.join(outDir, 'qemu.stderr') },
+			reject: false,
+			detached: true,
+		},
+	);
+	if (child.pid !== undefined) liveGroups.add(child.pid);
+	const res = await child;
+	if (child.pid !== undefined) liveGroups.delete(child.pid);
+	const t1 = Date.now();
+	for (const f of created) if (!opts.keepDisks) fs.rmSync(f, { force: true });
+
+	const lockedAt = Number(readOr(startedFile, '').trim()) || t0;
+	const consoleText = readOr(consoleFile, '').replaceAll('\r', '');
+	const dmesgText = readOr(path.join(outDir, 'dmesg.txt'), '');
+	const codeText = readOr(path.join(outDir, 'exitcode'), '').trim();
+	const exitCode = /^\d+$/.test(codeText) ? Number(codeText) : -1;
+	// timeout exits 124 when it had to kill QEMU (137 if it was killed itself).
+	const timedOut = exitCode === -1 && (res.exitCode === 124 || res.exitCode === 137);
+	const boot = /@@DMU script-start uptime=([\d.]+)/.exec(consoleText);
+	return {
+		exitCode,
+		console: consoleText,
+		outDir,
+		kernelProblems: findKernelProblems(consoleText, dmesgText),
+		durationMs: t1 - lockedAt,
+		timedOut,
+		timing: {
+			lockWaitMs: Math.max(0, lockedAt - t0),
+			bootMs: boot?.[1] ? Math.round(Number(boot[1]) * 1000) : -1,
+		},
+	};
+}
+
+/** The part of a tap Test that vmCheck uses. */
+export interface TapLike {
+	ok(value: unknown, message: string): boolean;
+	equal(found: unknown, wanted: unknown, message: string): boolean;
+	same(found: unknown, wanted: unknown, message: string): boolean;
+	comment(...args: unknown[]): void;
+}
+
+/** Last `n` lines of the console, for failure reports. */
+export function consoleTail(r: VmResult, n = 60): string {
+	return r.console.trimEnd().split('\n').slice(-n).join('\n');
+}
+
+/**
+ * Assert a VM run went well: exit 0, no timeout, no kernel problem. On
+ * failure the console tail is printed, with the run directory.
+ */
+export function vmCheck(t: TapLike, r: VmResult): boolean {
+	const ok = [
+		t.equal(r.timedOut, false, 'guest did not time out'),
+		t.equal(r.exitCode, 0, 'guest script exited 0'),
+		t.same(r.kernelProblems, [], 'no kernel problems in the log'),
+	].every(Boolean);
+	if (!ok) t.comment(`VM run ${r.outDir}, console tail:\n${consoleTail(r)}`);
+	return ok;
+}

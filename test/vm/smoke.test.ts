@@ -1,0 +1,119 @@
+/**
+ * The VM harness itself: a real dm-linear + ext4 round trip on both guest
+ * kernels, and proof that the health checks (kernel problems, timeout) fire.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import t from 'tap';
+import { consoleTail, guestKernels, type KernelSeries, runInVm, vmCheck } from '../support/vm.js';
+
+const SERIES: KernelSeries[] = ['6.1', '6.12'];
+const installed = guestKernels();
+
+// dm-linear shifted by 1 MiB over /dev/vda; the host then checks the ext4
+// superblock really landed 1 MiB into the image, i.e. the mapping was applied.
+const DM_LINEAR_SCRIPT = String.raw`
+set -euo pipefail
+set -x
+node -e 'if (!process.version.startsWith("v20")) process.exit(1)'
+fio --version
+modprobe dm-mod
+SZ=$(blockdev --getsz /dev/vda)
+dmsetup create smoke --table "0 $((SZ - 2048)) linear /dev/vda 2048"
+test -b /dev/mapper/smoke
+fio --name=verify --filename=/dev/mapper/smoke --rw=randwrite --bs=4k --size=8M \
+	--verify=crc32c --direct=1 --ioengine=psync --output=$DMU_OUT/fio.txt
+mkfs.ext4 -q -F /dev/mapper/smoke
+mkdir -p /mnt/s
+head -c 1M /dev/urandom > $DMU_OUT/data
+mount /dev/mapper/smoke /mnt/s
+cp $DMU_OUT/data /mnt/s/data
+umount /mnt/s
+echo 3 > /proc/sys/vm/drop_caches
+mount /dev/mapper/smoke /mnt/s
+cmp $DMU_OUT/data /mnt/s/data
+sha256sum < /mnt/s/data | cut -d' ' -f1 > $DMU_OUT/guest.sha256
+umount /mnt/s
+e2fsck -fn /dev/mapper/smoke
+dmsetup remove smoke
+test ! -e /dev/mapper/smoke
+echo "$KVER" > $DMU_OUT/kver
+`;
+
+for (const series of SERIES) {
+	t.test(`dm-linear + ext4 round trip on ${series}`, async (t) => {
+		const k = installed.find((g) => g.series === series);
+		if (!k) {
+			t.fail(`no ${series} kernel in /boot (run .ci/install-deps)`);
+			return;
+		}
+		const r = await runInVm({
+			kernel: series,
+			name: `smoke-${series}`,
+			script: DM_LINEAR_SCRIPT,
+			disks: [{ sizeMiB: 256 }],
+			keepDisks: true,
+			timeoutSec: 300,
+		});
+		t.comment(`${k.kver}: boot to script ${r.timing.bootMs} ms, whole VM ${r.durationMs} ms`);
+		vmCheck(t, r);
+		t.equal(fs.readFileSync(path.join(r.outDir, 'kver'), 'utf8').trim(), k.kver, 'KVER is the booted kernel');
+		const data = fs.readFileSync(path.join(r.outDir, 'data'));
+		const hostSum = createHash('sha256').update(data).digest('hex');
+		t.equal(
+			fs.readFileSync(path.join(r.outDir, 'guest.sha256'), 'utf8').trim(),
+			hostSum,
+			'file read back after drop_caches matches',
+		);
+		// ext4 magic 0xEF53 at byte 0x38 of the superblock (1024 bytes into
+		// the file system), which starts 2048 sectors into the disk.
+		const img = path.join(r.outDir, 'disk0.img');
+		const fd = fs.openSync(img, 'r');
+		const magic = Buffer.alloc(2);
+		fs.readSync(fd, magic, 0, 2, 2048 * 512 + 1024 + 0x38);
+		fs.closeSync(fd);
+		fs.rmSync(img);
+		t.equal(magic.readUInt16LE(0), 0xef53, 'superblock sits 1 MiB into the disk (dm-linear offset)');
+	});
+}
+
+// The health checks must be able to fail; one kernel is enough for that.
+const anyKernel = installed[0]?.series ?? '6.1';
+
+t.test('a kernel WARNING is reported in kernelProblems', async (t) => {
+	const r = await runInVm({
+		kernel: anyKernel,
+		name: 'smoke-warning',
+		script: 'echo "WARNING: test" > /dev/kmsg\n',
+		timeoutSec: 120,
+	});
+	t.equal(r.exitCode, 0, 'script itself succeeded');
+	t.ok(
+		r.kernelProblems.some((l) => l.includes('WARNING: test')),
+		'kernelProblems has the WARNING line',
+	);
+	if (!r.kernelProblems.length) t.comment(consoleTail(r));
+});
+
+t.test('script output that looks like a warning is not a kernel problem', async (t) => {
+	const r = await runInVm({
+		kernel: anyKernel,
+		name: 'smoke-stdout',
+		script: 'echo "WARNING: from stdout, BUG: none"\n',
+		timeoutSec: 120,
+	});
+	vmCheck(t, r);
+});
+
+t.test('a hung guest is killed and reported as timedOut', async (t) => {
+	const r = await runInVm({
+		kernel: anyKernel,
+		name: 'smoke-timeout',
+		script: 'sleep infinity\n',
+		timeoutSec: 20,
+	});
+	t.equal(r.timedOut, true, 'timedOut');
+	t.equal(r.exitCode, -1, 'no exit code');
+	t.ok(r.durationMs < 40_000, `killed near the bound (${r.durationMs} ms)`);
+});

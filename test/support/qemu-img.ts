@@ -81,13 +81,15 @@ export interface CheckReport {
 /** qemu-img check --output=json: exit 0 clean, 2 corrupt, 3 leaks. */
 export async function qemuCheck(path: string, format = 'qcow2'): Promise<CheckReport> {
 	const r = await run('qemu-img', ['check', '-f', format, '--output=json', path]);
-	let j: { corruptions?: number; leaks?: number } = {};
+	// Zero counts are left out of the JSON; no JSON at all means the image did not open.
+	let j: { corruptions?: number; leaks?: number } | undefined;
 	try {
 		j = JSON.parse(r.stdout) as typeof j;
 	} catch {
-		// no JSON (e.g. the image did not open): report the exit code
+		j = undefined;
 	}
-	return { exitCode: r.exitCode, corruptions: j.corruptions ?? -1, leaks: j.leaks ?? -1, raw: r.stdout + r.stderr };
+	const n = (v: number | undefined): number => (j ? (v ?? 0) : -1);
+	return { exitCode: r.exitCode, corruptions: n(j?.corruptions), leaks: n(j?.leaks), raw: r.stdout + r.stderr };
 }
 
 /** qemu-img compare: exit 0 when the guest-visible contents are equal. */

@@ -122,6 +122,8 @@ export class Refcounts {
 
 	async #newBlock(ti: number): Promise<void> {
 		if (ti >= this.table.length) await this.#growTable(ti);
+		// Counting the new table's clusters may have created this very block.
+		if (this.table[ti]) return;
 		const off = this.nextFree;
 		this.nextFree += this.cs;
 		await this.file.growTo(this.nextFree);

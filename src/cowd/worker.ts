@@ -1,0 +1,117 @@
+/**
+ * The per-disk worker: read a batch from the control device, ask the
+ * plugin about every request in it at once, write all answers back in one
+ * batch. Nothing here blocks the event loop: the control read sits in a
+ * threadpool thread, plugin calls are async.
+ */
+import type { Logger } from 'pino';
+import { ControlRejectError, type ControlDevice } from '../abi/control.js';
+import { MsgType, ReqFlag } from '../abi/constants.js';
+import { commitDone, type DaemonMessage, type DmuMessage, mapReply } from '../abi/messages.js';
+import { MapFlag } from '../abi/constants.js';
+import { isDmuError } from '../errors.js';
+import type { Image, MapDecision } from '../plugins/types.js';
+import { toReply } from './reply.js';
+
+const EIO = 5;
+
+export interface WorkerStats {
+	batches: number;
+	maps: number;
+	commits: number;
+	errors: number;
+}
+
+export type WorkerEnd = 'stopped' | 'target-gone';
+
+export class Worker {
+	readonly stats: WorkerStats = { batches: 0, maps: 0, commits: 0, errors: 0 };
+	#stopping = false;
+	#busy: Promise<void> | undefined;
+
+	constructor(
+		readonly ctl: ControlDevice,
+		readonly image: Image,
+		readonly log: Logger,
+	) {}
+
+	async run(): Promise<WorkerEnd> {
+		for (;;) {
+			if (this.#stopping) return 'stopped';
+			const msgs = await this.ctl.readBatch();
+			if (msgs.length === 0) return this.#stopping ? 'stopped' : 'target-gone';
+			this.#busy = this.#serve(msgs);
+			await this.#busy;
+			this.#busy = undefined;
+		}
+	}
+
+	/** Finish the batch in hand, then close the control device (wakes a blocked read). */
+	async stop(): Promise<void> {
+		this.#stopping = true;
+		await this.#busy?.catch(() => undefined);
+		await this.ctl.close();
+	}
+
+	async #serve(msgs: DmuMessage[]): Promise<void> {
+		this.stats.batches++;
+		const replies = (await Promise.all(msgs.map((m) => this.#handle(m)))).filter((r): r is DaemonMessage => r !== undefined);
+		if (replies.length === 0) return;
+		try {
+			await this.ctl.writeBatch(replies);
+		} catch (e) {
+			if (!(e instanceof ControlRejectError)) throw e;
+			// A refused answer is a plugin or daemon bug: say which, keep serving.
+			this.stats.errors += e.rejected.length;
+			for (const r of e.rejected) this.log.error({ msg: r.message, errno: r.errno }, 'kernel refused an answer');
+		}
+	}
+
+	async #handle(m: DmuMessage): Promise<DaemonMessage | undefined> {
+		switch (m.type) {
+			case MsgType.MAP: {
+				this.stats.maps++;
+				const req = {
+					block: m.block,
+					write: (m.flags & ReqFlag.WRITE) !== 0,
+					wholeBlock: (m.flags & ReqFlag.WHOLE_BLOCK) !== 0,
+					roFault: (m.flags & ReqFlag.RO_FAULT) !== 0,
+				};
+				let d: MapDecision;
+				try {
+					d = await this.image.map(req);
+				} catch (e) {
+					this.stats.errors++;
+					this.log.error({ block: m.block, write: req.write, err: isDmuError(e) ? e.message : String(e) }, 'map failed: failing the I/O');
+					return mapReply({ id: m.id, block: m.block, flags: MapFlag.ERROR, error: EIO });
+				}
+				this.log.trace({ block: m.block, req, d }, 'map');
+				return toReply(m.id, m.block, d);
+			}
+			case MsgType.COMMIT: {
+				this.stats.commits++;
+				try {
+					await this.image.commit();
+					return commitDone(m.id, 0);
+				} catch (e) {
+					this.stats.errors++;
+					this.log.error({ err: (e as Error).message }, 'commit failed: failing the flush');
+					return commitDone(m.id, EIO);
+				}
+			}
+			case MsgType.COPY_ERROR:
+				// The kernel failed the bios and remembered nothing; the block's
+				// metadata may now claim data that never arrived.
+				this.stats.errors++;
+				this.log.error({ block: m.block, errno: m.error }, 'copy-first failed in the kernel');
+				return undefined;
+			case MsgType.FEATURES:
+			case MsgType.INVALIDATE_DONE:
+				this.log.debug({ type: m.type, id: m.id }, 'kernel message');
+				return undefined;
+			default:
+				this.log.warn({ type: m.type }, 'unexpected message');
+				return undefined;
+		}
+	}
+}

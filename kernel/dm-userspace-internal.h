@@ -27,7 +27,7 @@
 
 /* Who answers requests that need userspace (reported by status). */
 enum dmu_daemon_state {
-	DMU_DAEMON_WAITING,	/* no daemon; requests wait up to the timeout */
+	DMU_DAEMON_WAITING,	/* no daemon: requests wait (timeout) */
 	DMU_DAEMON_CONNECTED,	/* control device open */
 	DMU_DAEMON_FAILED,	/* timed out: requests fail with -EIO */
 };
@@ -85,8 +85,8 @@ struct dmu_target {
 	struct bio_list release;	/* bios the worker submits/remaps */
 
 	/* Durability (see dmu_commit_work()). */
-	struct bio_list commit_wait;	/* flushes and FUA writes to commit */
-	struct bio_list commit_bios;	/* the ones the running commit serves */
+	struct bio_list commit_wait;	/* flushes, FUA: next commit */
+	struct bio_list commit_bios;	/* served by the running commit */
 	enum { DMU_COMMIT_IDLE, DMU_COMMIT_FLUSHING, DMU_COMMIT_WAITING }
 		commit_state;
 	struct dmu_out commit_out;	/* the DMU_MSG_COMMIT in flight */
@@ -100,10 +100,10 @@ struct dmu_target {
 	/* Control channel. */
 	enum dmu_daemon_state daemon;
 	bool features_pending;		/* FEATURES (id 0) not yet read */
-	struct list_head outq;		/* struct dmu_out waiting for read() */
+	struct list_head outq;		/* dmu_out waiting for read() */
 	struct list_head sent;		/* requests read, not answered */
 	wait_queue_head_t wait;		/* readers and pollers */
-	struct mutex ctl_mutex;		/* serialises write() against dtr */
+	struct mutex ctl_mutex;		/* write() against dtr */
 	struct miscdevice misc;
 	char misc_name[DMU_KEY_MAX + 5];
 	char misc_nodename[DMU_KEY_MAX + 5];

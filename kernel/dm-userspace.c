@@ -91,7 +91,7 @@ struct dmu_pending {
 struct dmu_inval {
 	struct dmu_out out;		/* DMU_MSG_INVALIDATE_DONE */
 	struct dmu_target *t;
-	atomic_t remaining;		/* 1 + mappings with bios in flight */
+	atomic_t remaining;		/* 1 + mappings with bios in use */
 	struct work_struct work;
 	struct completion *done;	/* dmsetup message waits on this */
 };
@@ -116,7 +116,8 @@ static struct dmu_per_bio *dmu_pb(struct bio *bio)
 
 static u64 dmu_bio_block(struct dmu_target *t, struct bio *bio)
 {
-	return dm_target_offset(t->ti, bio->bi_iter.bi_sector) >> t->block_shift;
+	return dm_target_offset(t->ti, bio->bi_iter.bi_sector) >>
+		t->block_shift;
 }
 
 static bool dmu_daemon_absent(struct dmu_target *t)
@@ -422,6 +423,7 @@ out:
 	return r;
 }
 
+/* End @bios with the positive errno @error, or requeue them. */
 static void dmu_end_bios(struct bio_list *bios, int error, bool requeue)
 {
 	struct bio *bio;
@@ -430,7 +432,7 @@ static void dmu_end_bios(struct bio_list *bios, int error, bool requeue)
 		if (requeue)
 			dmu_pb(bio)->flags |= DMU_PB_REQUEUE;
 		else
-			bio->bi_status = errno_to_blk_status(error);
+			bio->bi_status = errno_to_blk_status(-error);
 		bio_endio(bio);
 	}
 }
@@ -1204,7 +1206,7 @@ static bool dmu_is_number(const char *s)
 	return true;
 }
 
-/* Optional "<#feature args> <arg>..." group (devices never are plain numbers). */
+/* Optional "<#feature args> <arg>..." (a device is never a plain number). */
 static int dmu_parse_features(struct dmu_target *t, struct dm_arg_set *as,
 			      char **error)
 {
@@ -1532,6 +1534,6 @@ static void __exit dmu_exit(void)
 module_init(dmu_init);
 module_exit(dmu_exit);
 
-MODULE_DESCRIPTION(DM_NAME " target asking a userspace daemon where blocks live");
+MODULE_DESCRIPTION(DM_NAME " target asking a daemon where blocks live");
 MODULE_LICENSE("GPL");
 MODULE_ALIAS("dm-userspace");

@@ -26,7 +26,7 @@ export async function qemuImgStatus(...args: string[]): Promise<{ code: number; 
 
 /** Run qemu-io commands (e.g. "write -P 0xab 0 64k") on an image. */
 export async function qemuIo(fmt: string, path: string, cmds: string[]): Promise<void> {
-	const args = ['-f', fmt];
+	const args = ['-f', fmt, '-t', 'unsafe'];
 	for (const c of cmds) args.push('-c', c);
 	args.push(path);
 	const r = await execa('qemu-io', args, { timeout: 120_000 });
@@ -36,7 +36,7 @@ export async function qemuIo(fmt: string, path: string, cmds: string[]): Promise
 /** The disk's bytes as qemu sees them. */
 export async function qemuRaw(fmt: string, path: string, dir: string): Promise<Buffer> {
 	const out = join(dir, `ref-${Math.random().toString(36).slice(2)}.raw`);
-	await qemuImg('convert', '-f', fmt, '-O', 'raw', path, out);
+	await qemuImg('convert', '-t', 'unsafe', '-f', fmt, '-O', 'raw', path, out);
 	const b = await readFile(out);
 	await rm(out);
 	return b;

@@ -1,0 +1,61 @@
+#!/bin/bash
+# Guest half of the issue-3 target benchmark (bench/target/run.ts drives it
+# through test/support/vm.ts; see bench/target/README.md). Runs as root in
+# the QEMU guest, in the repo, with:
+#   KVER DMU_OUT                 from the VM harness
+#   SIZE_MIB BLOCK_SECTORS       area measured, dmu block size
+#   RUNTIME RAMP REPEAT IODEPTH  fio settings
+#   JOBS                         "name:rw:bs ..." e.g. "seq-read:read:1M"
+# /dev/vda is the backing device both targets map.
+set -euo pipefail
+
+log() { echo "bench: $*"; }
+SECTORS=$((SIZE_MIB * 2048))
+RLOG=/tmp/responder.jsonl
+
+modprobe dm-mod
+insmod "kernel/build/$KVER/dmu.ko"
+dmsetup create bench-lin --table "0 $SECTORS linear /dev/vda 0"
+dmsetup create bench-dmu --table "0 $SECTORS userspace bench $BLOCK_SECTORS /dev/vda"
+
+# The identity responder: every block maps to the same place on /dev/vda,
+# writable, so after one miss per block every bio takes the hit path.
+node dist/test/support/responder-cli.js --device /dev/dmu/bench \
+	--log "$RLOG" --ready /tmp/responder.ready 2>"$DMU_OUT/responder.stderr" &
+RPID=$!
+for _ in $(seq 300); do [ -e /tmp/responder.ready ] && break; sleep 0.1; done
+[ -e /tmp/responder.ready ] || { log "responder did not start"; exit 1; }
+
+# Prewarm: read every block once through dmu (1 MiB reads: several MAP
+# requests per bio, answered in batches).
+t0=$(date +%s%N)
+dd if=/dev/mapper/bench-dmu of=/dev/null bs=1M iflag=direct status=none
+t1=$(date +%s%N)
+echo $(((t1 - t0) / 1000000)) >"$DMU_OUT/prewarm-ms"
+dmsetup status bench-dmu >"$DMU_OUT/status-prewarm.txt"
+wc -l <"$RLOG" >"$DMU_OUT/log-lines-prewarm"
+log "prewarm $(cat "$DMU_OUT/prewarm-ms") ms: $(cat "$DMU_OUT/status-prewarm.txt")"
+
+# Each job on both devices; the order alternates between repetitions so
+# neither device always runs first (TCG timing drifts).
+for job in $JOBS; do
+	IFS=: read -r name rw bs <<<"$job"
+	for rep in $(seq "$REPEAT"); do
+		if [ $((rep % 2)) -eq 1 ]; then order="lin dmu"; else order="dmu lin"; fi
+		for dev in $order; do
+			log "$name $dev rep $rep"
+			fio --name="$name" --filename="/dev/mapper/bench-$dev" --rw="$rw" --bs="$bs" \
+				--direct=1 --ioengine=libaio --iodepth="$IODEPTH" --size="${SIZE_MIB}M" \
+				--time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --randrepeat=0 \
+				--output-format=json --output="$DMU_OUT/fio-$name-$dev-$rep.json"
+		done
+	done
+done
+
+dmsetup status bench-dmu >"$DMU_OUT/status-end.txt"
+kill -TERM "$RPID"
+wait "$RPID" || true
+cp "$RLOG" "$DMU_OUT/responder.jsonl"
+dmsetup remove bench-dmu
+dmsetup remove bench-lin
+log done

@@ -279,6 +279,27 @@ export function findKernelProblems(consoleText: string, dmesgText: string): stri
 	return out;
 }
 
+/** Run directories older than this are deleted when a new VM starts. */
+const KEEP_RUNS_MS = 2 * 24 * 3600 * 1000;
+
+function pruneOldRuns(): void {
+	let names: string[];
+	try {
+		names = fs.readdirSync(RUNS_DIR);
+	} catch {
+		return;
+	}
+	const now = Date.now();
+	for (const n of names) {
+		const dir = path.join(RUNS_DIR, n);
+		try {
+			if (now - fs.statSync(dir).mtimeMs > KEEP_RUNS_MS) fs.rmSync(dir, { recursive: true, force: true });
+		} catch {
+			// another process pruned it first
+		}
+	}
+}
+
 function readOr(file: string, dflt: string): string {
 	try {
 		return fs.readFileSync(file, 'utf8');
@@ -293,6 +314,7 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 	const { vmlinux, initramfs } = await prepareKernel(kernel);
 	const timeoutSec = opts.timeoutSec ?? DEFAULT_TIMEOUT_SEC;
 
+	pruneOldRuns();
 	const outDir = path.join(RUNS_DIR, runDirName(opts.name ?? 'vm'));
 	fs.mkdirSync(outDir, { recursive: true });
 	// The guest sees this directory as /mnt/out (DMU_OUT); init runs run.sh.
@@ -350,6 +372,7 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 	];
 	const startedFile = path.join(outDir, '.lock-acquired');
 	const consoleFile = path.join(outDir, 'console.log');
+	const verbose = Boolean(process.env.DMU_VM_VERBOSE);
 	installHandlers();
 	const t0 = Date.now();
 	// flock LOCK sh -c '<note the time>; exec timeout ... qemu ...': the shell
@@ -372,12 +395,15 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 		],
 		{
 			stdin: 'ignore',
-			stdout: { file: consoleFile },
+			// DMU_VM_VERBOSE=1 also streams the console to our stderr (live debugging).
+			stdout: verbose ? [{ file: consoleFile }, 'pipe'] : { file: consoleFile },
 			stderr: { file: path.join(outDir, 'qemu.stderr') },
+			buffer: false,
 			reject: false,
 			detached: true,
 		},
 	);
+	if (verbose) child.stdout?.pipe(process.stderr, { end: false });
 	if (child.pid !== undefined) liveGroups.add(child.pid);
 	const res = await child;
 	if (child.pid !== undefined) liveGroups.delete(child.pid);
@@ -429,6 +455,11 @@ export function vmCheck(t: TapLike, r: VmResult): boolean {
 		t.equal(r.exitCode, 0, 'guest script exited 0'),
 		t.same(r.kernelProblems, [], 'no kernel problems in the log'),
 	].every(Boolean);
-	if (!ok) t.comment(`VM run ${r.outDir}, console tail:\n${consoleTail(r)}`);
+	if (!ok) {
+		const qemuErr = readOr(path.join(r.outDir, 'qemu.stderr'), '').trim();
+		t.comment(
+			`VM run ${r.outDir}, console tail:\n${consoleTail(r)}${qemuErr ? `\nqemu stderr:\n${qemuErr}` : ''}`,
+		);
+	}
 	return ok;
 }

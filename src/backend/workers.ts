@@ -1,7 +1,9 @@
 /**
- * Attaching a disk by hand or from the hotplug script: start one cowd for
- * it, detached, and wait until its /dev/mapper node serves I/O; detaching
- * stops that cowd (it commits and removes the device on SIGTERM).
+ * Workers: one cowd per disk, started detached so it outlives whoever
+ * started it (the hotplug script, `dmu attach`, or a backend daemon that
+ * may itself be restarted while guests run). startWorker waits until the
+ * /dev/mapper node serves I/O; stopWorker sends SIGTERM (cowd commits and
+ * removes the device) and waits.
  *
  * Run-state lives in /run/dmu (DMU_RUN_DIR): <name>.pid and <name>.spec, so
  * a detach finds its cowd even when xenstore has already forgotten the disk.
@@ -9,7 +11,7 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
@@ -35,7 +37,7 @@ export function defaultName(spec: TargetSpec): string {
 	return `dmu-${base.replace(/[^A-Za-z0-9._-]/g, '_')}`.slice(0, 48);
 }
 
-const alive = (pid: number) => {
+export const alive = (pid: number) => {
 	try {
 		process.kill(pid, 0);
 		return true;
@@ -46,7 +48,7 @@ const alive = (pid: number) => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function readPid(name: string): Promise<number | undefined> {
+export async function readPid(name: string): Promise<number | undefined> {
 	const txt = await readFile(join(runDir(), `${name}.pid`), 'utf8').catch(() => undefined);
 	const pid = txt ? Number.parseInt(txt, 10) : Number.NaN;
 	return Number.isInteger(pid) && pid > 0 ? pid : undefined;
@@ -75,7 +77,7 @@ export interface AttachOptions {
 }
 
 /** Start cowd for `spec` and return /dev/mapper/<name> once it exists. */
-export async function attach(spec: TargetSpec, opts: AttachOptions): Promise<string> {
+export async function startWorker(spec: TargetSpec, opts: AttachOptions): Promise<string> {
 	const name = checkName(opts.name);
 	const dev = `/dev/mapper/${name}`;
 	await mkdir(runDir(), { recursive: true });
@@ -118,7 +120,7 @@ export async function attach(spec: TargetSpec, opts: AttachOptions): Promise<str
 }
 
 /** Stop the cowd serving `name` and wait for it; true if there was one. */
-export async function detach(name: string, opts: { timeoutSec?: number } = {}): Promise<boolean> {
+export async function stopWorker(name: string, opts: { timeoutSec?: number } = {}): Promise<boolean> {
 	checkName(name);
 	const pid = await readPid(name);
 	let found = false;
@@ -141,4 +143,18 @@ export async function detach(name: string, opts: { timeoutSec?: number } = {}): 
 	await rm(join(runDir(), `${name}.pid`), { force: true });
 	await rm(join(runDir(), `${name}.spec`), { force: true });
 	return found;
+}
+
+/** Workers recorded in the run directory: name, pid (maybe dead), spec. */
+export async function listWorkers(): Promise<Array<{ name: string; pid: number; spec: string }>> {
+	const files = await readdir(runDir()).catch(() => [] as string[]);
+	const out = [];
+	for (const f of files) {
+		if (!f.endsWith('.spec')) continue;
+		const name = f.slice(0, -'.spec'.length);
+		const spec = (await readFile(join(runDir(), f), 'utf8').catch(() => '')).trim();
+		const pid = await readPid(name);
+		if (spec && pid) out.push({ name, pid, spec });
+	}
+	return out;
 }

@@ -18,7 +18,7 @@ import { Op } from './messages.js';
 import { XenstoreOps } from './ops.js';
 import { firstString } from './parser.js';
 import * as ser from './serializer.js';
-import { openDevice, openSocket } from './transport.js';
+import { fdTransport, openDevice, openSocket } from './transport.js';
 import { Watch } from './watch.js';
 import { XenstoreError, isXenstoreError } from './xenstore-error.js';
 
@@ -150,6 +150,18 @@ async function open(path: string, conn: Connection): Promise<XenstoreClient> {
 	const transport = (await isCharDevice(path)) ? await openDevice(path, events) : await openSocket(path, events);
 	conn.attach(transport);
 	return new XenstoreClient(conn, path);
+}
+
+/**
+ * A client on an already open descriptor of a xenbus-like stream (e.g. an
+ * inherited /dev/xen/xenbus fd), using the device transport's blocking
+ * read loop. The fd must be in blocking mode; close() closes it.
+ */
+export function connectFd(fd: number, opts: { label?: string; logger?: Logger } = {}): XenstoreClient {
+	const label = opts.label ?? `fd ${fd}`;
+	const conn = new Connection(opts.logger?.child({ component: 'xenstore', path: label }));
+	conn.attach(fdTransport(fd, label, { onData: (b) => conn.onData(b), onClose: (e) => conn.onClose(e) }));
+	return new XenstoreClient(conn, label);
 }
 
 /** Opens a connection; see the top of this file for where. */

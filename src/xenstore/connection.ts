@@ -138,7 +138,11 @@ export class Connection {
 		this.#pending.clear();
 		const sinks = [...this.#watches.values()];
 		this.#watches.clear();
-		for (const s of sinks) s.closed(quiet ? undefined : err);
+		const watchErr =
+			err instanceof XenstoreError
+				? err
+				: new XenstoreError('ECONNRESET', 'WATCH', undefined, `connection closed: ${err.message}`);
+		for (const s of sinks) s.closed(quiet ? undefined : watchErr);
 	}
 
 	#closedError(op: number, path: string | undefined): XenstoreError {

@@ -8,6 +8,7 @@ export {
 	XenstoreClient,
 	type WatchOptions,
 	connect,
+	connectFd,
 } from './client.js';
 export { Access, type Permission, type WatchEvent, XenstoreErrno } from './messages.js';
 export type { Watch } from './watch.js';

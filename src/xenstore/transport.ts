@@ -8,8 +8,9 @@
  *    therefore holds one of the pool's threads (4 by default) for its life.
  */
 import { once } from 'node:events';
-import { type FileHandle, open } from 'node:fs/promises';
+import * as fs from 'node:fs';
 import { type Socket, createConnection } from 'node:net';
+import { promisify } from 'node:util';
 import { Op } from './messages.js';
 import { frame, strings } from './serializer.js';
 
@@ -44,6 +45,11 @@ export async function openSocket(path: string, ev: TransportEvents): Promise<Tra
 	});
 	return {
 		write: (buf) => {
+			// Requests made in the same tick go out in one write(2).
+			if (!sock.writableCorked) {
+				sock.cork();
+				process.nextTick(() => sock.uncork());
+			}
 			sock.write(buf);
 		},
 		close: async () => {
@@ -61,8 +67,20 @@ const READ_SIZE = 64 * 1024;
 /** req_id of the wake-up request sent by close(); the client never uses 0. */
 const WAKE_REQ_ID = 0;
 
+const fsRead = promisify(fs.read);
+const fsWrite = promisify(fs.write);
+const fsClose = promisify(fs.close);
+
 export async function openDevice(path: string, ev: TransportEvents): Promise<Transport> {
-	const fh: FileHandle = await open(path, 'r+');
+	const fd = await promisify(fs.open)(path, 'r+');
+	return fdTransport(fd, path, ev);
+}
+
+/**
+ * The device transport on an already open, blocking descriptor. Works on
+ * any stream fd (the tests use a socketpair); `fd` is closed by close().
+ */
+export function fdTransport(fd: number, label: string, ev: TransportEvents): Transport {
 	let closing = false;
 	let reported = false;
 	let writes = Promise.resolve();
@@ -74,18 +92,17 @@ export async function openDevice(path: string, ev: TransportEvents): Promise<Tra
 
 	const writeAll = async (buf: Buffer) => {
 		for (let off = 0; off < buf.length; ) {
-			const { bytesWritten } = await fh.write(buf, off, buf.length - off);
-			off += bytesWritten;
+			off += (await fsWrite(fd, buf, off, buf.length - off, null)).bytesWritten;
 		}
 	};
 
 	const reader = (async () => {
 		const buf = Buffer.allocUnsafe(READ_SIZE);
 		for (;;) {
-			const { bytesRead } = await fh.read(buf, 0, READ_SIZE, null);
+			const { bytesRead: n } = await fsRead(fd, buf, 0, READ_SIZE, null);
 			if (closing) return;
-			if (bytesRead === 0) throw new Error(`${path}: end of file`);
-			ev.onData(Buffer.from(buf.subarray(0, bytesRead)));
+			if (n === 0) throw new Error(`${label}: end of file`);
+			ev.onData(Buffer.from(buf.subarray(0, n)));
 		}
 	})();
 	reader.then(
@@ -108,7 +125,7 @@ export async function openDevice(path: string, ev: TransportEvents): Promise<Tra
 			writes = writes.then(() => writeAll(frame(Op.DIRECTORY, WAKE_REQ_ID, 0, strings('/')))).catch(() => {});
 			await writes;
 			await reader.catch(() => {});
-			await fh.close();
+			await fsClose(fd);
 		},
 	};
 }

@@ -15,7 +15,7 @@ export async function checkQcow2(path: string, opts: { repair?: 'leaks' | 'all' 
 	if (opts.repair) {
 		const p = await openParts(path, true);
 		try {
-			await p.refs.load(true);
+			await p.refs.load();
 			repaired.push(...(await repairRefcounts(p, opts.repair === 'leaks')));
 			// Same durable order as a commit: refcounts, tables, frees.
 			await p.refs.writeBack().then(async (moved) => {
@@ -41,7 +41,7 @@ export async function checkQcow2(path: string, opts: { repair?: 'leaks' | 'all' 
 
 	const p = await openParts(path, false);
 	try {
-		await p.refs.load(false);
+		await p.refs.load();
 		const walk = await collectReferences({
 			file: p.file,
 			h: p.h,

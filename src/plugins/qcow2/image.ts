@@ -103,12 +103,17 @@ export async function repairRefcounts(p: OpenedParts, leaksOnly: boolean): Promi
 		refTableClusters: refs.tableClusters,
 	});
 	if (walk.errors.length) throw bad(p.file.path, `cannot repair refcounts: ${walk.errors[0]}`);
-	const done: string[] = [];
-	const end = Math.max(refs.nextFree / h.clusterSize, ...walk.refs.keys()) + 1;
-	for (let c = 0; c < end; c++) {
+	// Every cluster either side knows about: stored refcounts and references.
+	const changes: [number, number, number][] = [];
+	const stored = new Set<number>();
+	await refs.forEachStored((c, have) => {
+		stored.add(c);
 		const want = walk.refs.get(c) ?? 0;
-		const have = await refs.get(c);
-		if (want === have || (leaksOnly && want !== 0)) continue;
+		if (want !== have && !(leaksOnly && want !== 0)) changes.push([c, have, want]);
+	});
+	if (!leaksOnly) for (const [c, want] of walk.refs) if (!stored.has(c) && want !== 0) changes.push([c, 0, want]);
+	const done: string[] = [];
+	for (const [c, have, want] of changes) {
 		await refs.set(c, want);
 		done.push(`cluster ${c}: refcount ${have} -> ${want}`);
 	}
@@ -196,7 +201,7 @@ export class Qcow2Image implements Image {
 				}
 				// A last cluster cut short by the end of the file becomes whole.
 				await file.growTo(Math.ceil(file.size / h.clusterSize) * h.clusterSize);
-				await p.refs.load(true);
+				await p.refs.load();
 				let headerChanged = false;
 				if (h.autoclear !== 0n) {
 					// We do not maintain bitmaps: clearing the bit tells QEMU they are stale.

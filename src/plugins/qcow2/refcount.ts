@@ -44,12 +44,11 @@ export class Refcounts {
 		this.tableClusters = h.refcountTableClusters;
 	}
 
-	/** Load the refcount table; with `scan`, also every block (finds the end of used space). */
-	async load(scan: boolean): Promise<void> {
+	/** Load the refcount table (blocks come on demand). */
+	async load(): Promise<void> {
 		const raw = await this.file.read(this.tableOffset, this.tableClusters * this.cs, 'refcount table');
 		const n = raw.length / 8;
 		this.table = new Array<number>(n);
-		let last = -1;
 		for (let i = 0; i < n; i++) {
 			const e = raw.readBigUInt64BE(i * 8);
 			const off = Number(e & OFFSET_MASK);
@@ -58,22 +57,8 @@ export class Refcounts {
 				throw bad(this.file.path, `refcount block ${i} at ${off} lies outside the file`);
 			}
 			this.table[i] = off;
-			if (off) last = i;
 		}
-		let used = Math.ceil(this.file.size / this.cs);
-		if (scan) {
-			for (let i = 0; i <= last; i++) {
-				if (!this.table[i]) continue;
-				const blk = await this.#block(i);
-				for (let j = this.perBlock - 1; j >= 0; j--) {
-					if (getRefcount(blk, this.order, j) !== 0) {
-						used = Math.max(used, i * this.perBlock + j + 1);
-						break;
-					}
-				}
-			}
-		}
-		this.nextFree = used * this.cs;
+		this.nextFree = Math.ceil(this.file.size / this.cs) * this.cs;
 	}
 
 	async #block(ti: number): Promise<Buffer> {
@@ -113,10 +98,26 @@ export class Refcounts {
 
 	/** Hand out `n` contiguous new clusters (refcount 1); returns the byte offset. */
 	async alloc(n = 1): Promise<number> {
+		const off = await this.#take(n);
+		for (let i = 0; i < n; i++) await this.add(off / this.cs + i, 1);
+		return off;
+	}
+
+	/**
+	 * Reserve `n` clusters at the end. Past the end of the file every cluster
+	 * should be free; a (corrupt) refcount saying otherwise is stepped over,
+	 * never doubled.
+	 */
+	async #take(n: number): Promise<number> {
+		for (let i = 0; i < n; i++) {
+			if ((await this.get(this.nextFree / this.cs + i)) !== 0) {
+				this.nextFree += (i + 1) * this.cs;
+				i = -1;
+			}
+		}
 		const off = this.nextFree;
 		this.nextFree += n * this.cs;
 		await this.file.growTo(this.nextFree);
-		for (let i = 0; i < n; i++) await this.add(off / this.cs + i, 1);
 		return off;
 	}
 
@@ -124,9 +125,8 @@ export class Refcounts {
 		if (ti >= this.table.length) await this.#growTable(ti);
 		// Counting the new table's clusters may have created this very block.
 		if (this.table[ti]) return;
-		const off = this.nextFree;
-		this.nextFree += this.cs;
-		await this.file.growTo(this.nextFree);
+		const off = await this.#take(1);
+		if (this.table[ti]) throw new DmuError('DMU_ERR_PLUGIN_BUG', `qcow2: refcount block ${ti} created twice`);
 		this.table[ti] = off;
 		this.#blocks.set(ti, Buffer.alloc(this.cs));
 		this.#dirtyBlocks.add(ti);
@@ -143,9 +143,7 @@ export class Refcounts {
 		if (clusters * this.cs > MAX_REFTABLE_BYTES) {
 			throw new DmuError('DMU_ERR_FULL', `qcow2: ${this.file.path}: refcount table would exceed ${MAX_REFTABLE_BYTES} bytes`);
 		}
-		const off = this.nextFree;
-		this.nextFree += clusters * this.cs;
-		await this.file.growTo(this.nextFree);
+		const off = await this.#take(clusters);
 		if (!this.#movedFrom) this.#movedFrom = { offset: this.tableOffset, clusters: this.tableClusters };
 		else for (let i = 0; i < this.tableClusters; i++) this.#pendingFree.push(this.tableOffset / this.cs + i);
 		const old = this.table;

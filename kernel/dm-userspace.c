@@ -325,9 +325,10 @@ static int dmu_absent_result(struct dmu_target *t)
  * Route a read or write bio: remap it through a remembered mapping, or
  * queue it behind the block's request to the daemon. Used by map and by
  * the release worker (bios whose request was answered). Returns a
- * DM_MAPIO_* code; the caller submits a DM_MAPIO_REMAPPED bio.
+ * DM_MAPIO_* code; the caller submits a DM_MAPIO_REMAPPED bio. @released
+ * bios were answered by the daemon: they do not count as hits.
  */
-static int dmu_route(struct dmu_target *t, struct bio *bio)
+static int dmu_route(struct dmu_target *t, struct bio *bio, bool released)
 {
 	struct dmu_per_bio *pb = dmu_pb(bio);
 	u64 block = dmu_bio_block(t, bio);
@@ -352,7 +353,8 @@ again:
 
 	m = __dmu_mapping_find(t, block);
 	if (m && (!write || (m->flags & DMU_MAP_WRITABLE))) {
-		t->hits++;
+		if (!released)
+			t->hits++;
 		list_move_tail(&m->lru, &t->lru);
 		if (m->flags & DMU_MAP_ZERO) {
 			spin_unlock_irqrestore(&t->lock, flags);
@@ -459,7 +461,7 @@ static void dmu_release_work(struct work_struct *ws)
 			dm_submit_bio_remap(bio, NULL);
 			continue;
 		}
-		switch (dmu_route(t, bio)) {
+		switch (dmu_route(t, bio, true)) {
 		case DM_MAPIO_REMAPPED:
 			dm_submit_bio_remap(bio, NULL);
 			break;
@@ -1011,7 +1013,7 @@ static int dmu_map(struct dm_target *ti, struct bio *bio)
 	if (bio_op(bio) != REQ_OP_READ && bio_op(bio) != REQ_OP_WRITE)
 		return DM_MAPIO_KILL;
 
-	return dmu_route(t, bio);
+	return dmu_route(t, bio, false);
 }
 
 static int dmu_end_io(struct dm_target *ti, struct bio *bio,

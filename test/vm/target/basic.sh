@@ -1,0 +1,235 @@
+# dm-userspace scenarios that need one data disk (/dev/vda) and a base
+# disk (/dev/vdb). Sourced after lib.sh in one guest boot.
+L=$DMU_OUT
+SZ=131072	# 64 MiB targets
+
+# --- hits, misses, table, data path, flush/commit, invalidation --------
+T="0 $SZ userspace hm 8 254:0"
+dmsetup create hm --table "0 $SZ userspace hm 8 /dev/vda"
+check "control device /dev/dmu/hm exists" test -c /dev/dmu/hm
+check "TABLE status is the constructor line" eq "$(dmsetup table hm)" "$T"
+check "no daemon yet" eq "$(st hm daemon)" waiting
+start_resp hm $L/hm.log
+check "daemon connected" eq "$(st hm daemon)" connected
+check "FEATURES (id 0) is the first message" bash -c "grep -v '^batch' $L/hm.log | head -1 | grep -q '^features id=0 nr_blocks=16384 bs=8 devs=1'"
+check "second opener gets EBUSY" bash -c 'if (exec 3<>/dev/dmu/hm) 2>/tmp/busy.txt; then exit 1; fi; grep -q busy /tmp/busy.txt'
+dd if=/dev/mapper/hm of=/dev/null bs=4k count=16 iflag=direct status=none
+check "first read: 16 misses" eq "$(st hm misses)" 16
+check "first read: 0 hits" eq "$(st hm hits)" 0
+check "first read: 16 mapped" eq "$(st hm mapped)" 16
+dd if=/dev/mapper/hm of=/dev/null bs=4k count=16 iflag=direct status=none
+check "second read: 16 hits" eq "$(st hm hits)" 16
+check "second read: still 16 misses" eq "$(st hm misses)" 16
+check "second read did not reach userspace" eq "$(grep -c '^map ' $L/hm.log)" 16
+pattern /tmp/d1 1048576
+dd if=/tmp/d1 of=/dev/mapper/hm bs=64k seek=4 oflag=direct status=none
+check "write landed on the data device" cmp <(dd if=/dev/vda bs=64k skip=4 count=16 status=none) /tmp/d1
+check "write reads back through the target" cmp <(dd if=/dev/mapper/hm bs=64k skip=4 count=16 iflag=direct status=none) /tmp/d1
+blockdev --flushbufs /dev/mapper/hm
+sync /dev/mapper/hm
+dd if=/dev/null of=/dev/mapper/hm conv=fsync status=none
+check "fsync produced a COMMIT" grep -q '^commit ' $L/hm.log
+check "flushes counted" ge "$(st hm flushes)" 1
+check "commits counted" ge "$(st hm commits)" 1
+check "invalidate message accepted" dmsetup message hm 0 invalidate 0 8
+check "invalidate dropped 8 mappings" eq "$(st hm mapped)" $((16 + 256 - 8))
+dd if=/dev/mapper/hm of=/dev/null bs=4k count=16 iflag=direct status=none
+check "invalidated blocks asked again" eq "$(st hm misses)" $((16 + 256 + 8))
+check "invalidate beyond the end rejected" bash -c '! dmsetup message hm 0 invalidate 16000 1000 2>/dev/null'
+check "invalidate count 0 rejected" bash -c '! dmsetup message hm 0 invalidate 0 0 2>/dev/null'
+check "unknown message rejected" bash -c '! dmsetup message hm 0 frobnicate 2>/dev/null'
+stop_resp
+check "daemon gone: waiting" eq "$(st hm daemon)" waiting
+dd if=/dev/mapper/hm of=/dev/null bs=4k count=16 iflag=direct status=none
+check "remembered mappings serve without a daemon" eq "$(st hm misses)" $((16 + 256 + 8))
+# daemon-side invalidation, answered by INVALIDATE_DONE
+start_resp hm $L/hm2.log -I 0,16
+wait_for grep -q '^inval_done 4242 0 16' $L/hm2.log
+check "INVALIDATE answered by INVALIDATE_DONE" grep -q '^inval_done 4242 0 16' $L/hm2.log
+check "daemon invalidate dropped the mappings" eq "$(st hm mapped)" $((256 - 0))
+stop_resp
+check "remove without a daemon" dmsetup remove hm
+check "control device gone after remove" test ! -e /dev/dmu/hm
+
+# --- read-only mapping, write faults ----------------------------------
+pattern /tmp/a 4096
+pattern /tmp/b 4096
+dd if=/tmp/a of=/dev/vda bs=4k seek=4 conv=notrunc oflag=direct status=none
+dmsetup create ro --table "0 $SZ userspace ro 8 /dev/vda"
+start_resp ro $L/ro.log -m ro
+check "read through a read-only mapping" cmp <(blk /dev/mapper/ro 4k 4) /tmp/a
+dd if=/tmp/b of=/dev/mapper/ro bs=4k seek=4 oflag=direct status=none
+check "write to a read-only mapping faulted" bash -c "grep -E '^map [0-9]+ 4 ' $L/ro.log | tail -1 | awk '{ exit !(\$4 == 7) }'"
+check "two requests for the block (read, fault)" eq "$(grep -cE '^map [0-9]+ 4 ' $L/ro.log)" 2
+check "faulted write landed" cmp <(blk /dev/vda 4k 4) /tmp/b
+check "remove with the daemon connected" dmsetup remove ro
+wait_for grep -q '^eof' $L/ro.log
+check "daemon reads 0 (EOF) after remove" grep -q '^eof' $L/ro.log
+wait "$RP" 2>/dev/null
+
+# --- temporary: asked again --------------------------------------------
+dmsetup create tp --table "0 $SZ userspace tp 8 /dev/vda"
+start_resp tp $L/tp.log -m temp
+blk /dev/mapper/tp 4k 4 >/tmp/t1
+blk /dev/mapper/tp 4k 4 >/tmp/t2
+check "temporary mapping serves the read" cmp /tmp/t1 /tmp/b
+check "temporary mapping is asked again" eq "$(grep -cE '^map [0-9]+ 4 ' $L/tp.log)" 2
+check "temporary mapping not remembered" eq "$(st tp mapped)" 0
+stop_resp
+dmsetup remove tp
+
+# --- ordered release: later bios wait behind the block's request -------
+pattern /tmp/o1 4096
+pattern /tmp/o2 4096
+pattern /tmp/o3 4096
+dmsetup create od --table "0 $SZ userspace od 8 /dev/vda"
+WR=""
+for f in o1 o2 o3; do
+	dd if=/tmp/$f of=/dev/mapper/od bs=4k seek=5 oflag=direct status=none &
+	WR="$WR $!"
+	sleep 1
+done
+blk /dev/mapper/od 4k 5 >/tmp/o-read &
+RD=$!
+sleep 1
+check "one request per block in flight" eq "$(st od pending)" 1
+start_resp od $L/od.log
+wait $RD $WR
+check "only one request sent for the block" eq "$(grep -cE '^map [0-9]+ 5 ' $L/od.log)" 1
+check "released in order: last write wins" cmp <(blk /dev/vda 4k 5) /tmp/o3
+check "released in order: read after the writes sees the last" cmp /tmp/o-read /tmp/o3
+stop_resp
+dmsetup remove od
+
+# --- copy-first from a base device, zero and error answers -------------
+BS=128	# 64 KiB blocks
+pattern /tmp/base 1048576
+dd if=/tmp/base of=/dev/vdb bs=1M oflag=direct status=none
+dd if=/dev/zero of=/dev/vda bs=1M count=1 oflag=direct status=none
+dmsetup create cf --table "0 $SZ userspace cf $BS /dev/vda /dev/vdb"
+start_resp cf $L/cf.log -m copy=1
+check "read maps onto the base device" cmp <(blk /dev/mapper/cf 64k 2) <(dd if=/tmp/base bs=64k skip=2 count=1 status=none)
+pattern /tmp/p 4096
+cp /tmp/base /tmp/expect
+dd if=/tmp/p of=/tmp/expect bs=4k seek=$((3 * 16 + 2)) conv=notrunc status=none
+dd if=/tmp/p of=/dev/mapper/cf bs=4k seek=$((3 * 16 + 2)) oflag=direct status=none
+check "copy-first: block reads back as base + partial write" cmp <(blk /dev/mapper/cf 64k 3) <(dd if=/tmp/expect bs=64k skip=3 count=1 status=none)
+check "copy-first: data device holds base + partial write" cmp <(blk /dev/vda 64k 3) <(dd if=/tmp/expect bs=64k skip=3 count=1 status=none)
+check "copy-first counted" eq "$(st cf copies)" 1
+dd if=/tmp/p of=/tmp/expect bs=4k seek=$((2 * 16 + 15)) conv=notrunc status=none
+dd if=/tmp/p of=/dev/mapper/cf bs=4k seek=$((2 * 16 + 15)) oflag=direct status=none
+check "read-only base block faults and copies" cmp <(blk /dev/mapper/cf 64k 2) <(dd if=/tmp/expect bs=64k skip=2 count=1 status=none)
+check "second copy counted" eq "$(st cf copies)" 2
+stop_resp
+dmsetup remove cf
+
+tr '\0' '\377' </dev/zero | head -c 1048576 >/tmp/ff
+dd if=/tmp/ff of=/dev/vda bs=1M oflag=direct status=none
+dmsetup create zr --table "0 $SZ userspace zr 8 /dev/vda"
+start_resp zr $L/zr.log -m zero
+check "zero mapping reads zeros" cmp <(blk /dev/mapper/zr 4k 1) <(head -c 4096 /dev/zero)
+blk /dev/mapper/zr 4k 1 >/dev/null
+check "zero mapping is remembered" eq "$(grep -cE '^map [0-9]+ 1 ' $L/zr.log)" 1
+dd if=/tmp/p of=/dev/mapper/zr bs=4k seek=1 oflag=direct status=none
+check "write to a zero mapping faults to a writable one" cmp <(blk /dev/mapper/zr 4k 1) /tmp/p
+stop_resp
+dmsetup remove zr
+
+dmsetup create er --table "0 $SZ userspace er 8 /dev/vda"
+start_resp er $L/er.log -m error=28
+check "ERROR answer fails the read with its errno" bash -c "blk() { dd if=\$1 bs=4k skip=\$2 count=1 iflag=direct status=none; }; ! blk /dev/mapper/er 3 2>/tmp/er.txt && grep -q 'No space left' /tmp/er.txt"
+check "ERROR answer is not remembered" eq "$(st er mapped)" 0
+stop_resp
+dmsetup remove er
+
+# --- >= 1000 requests in one read batch --------------------------------
+dmsetup create bt --table "0 $SZ userspace bt 8 /dev/vda"
+dd if=/dev/mapper/bt of=/dev/null bs=8M count=1 iflag=direct status=none &
+DD=$!
+wait_for bash -c "[ \$(dmsetup status bt | awk '{print \$6}') -ge 1500 ]"
+check "many blocks pending at once" ge "$(st bt pending)" 1000
+start_resp bt $L/bt.log
+wait $DD
+check "one read() returned >= 1000 requests" bash -c "awk '/^batch/ { if (\$2 > m) m = \$2 } END { exit !(m >= 1000) }' $L/bt.log"
+check "batched requests all answered" eq "$(st bt pending)" 0
+stop_resp
+dmsetup remove bt
+
+# --- fsync waits for COMMIT_DONE ---------------------------------------
+dmsetup create fs --table "0 $SZ userspace fs 8 /dev/vda"
+start_resp fs $L/fs.log -D 3000
+dd if=/tmp/p of=/dev/mapper/fs bs=4k seek=9 oflag=direct status=none
+t0=$(date +%s%N)
+dd if=/dev/null of=/dev/mapper/fs conv=fsync status=none
+t1=$(date +%s%N)
+check "fsync waited for the delayed COMMIT_DONE" ge $(((t1 - t0) / 1000000)) 2900
+check "commit counted" ge "$(st fs commits)" 1
+stop_resp
+dmsetup remove fs
+
+# --- daemon killed with requests pending -------------------------------
+dmsetup create dk --table "0 $SZ userspace dk 8 /dev/vda"
+start_resp dk $L/dk1.log -m sink
+blk /dev/mapper/dk 4k 10 >/tmp/dk-read &
+RD=$!
+wait_for grep -q '^map ' $L/dk1.log
+ID=$(awk '/^map/ { print $2; exit }' $L/dk1.log)
+kill -9 "$RP"
+wait "$RP" 2>/dev/null
+check "killed daemon: waiting" eq "$(st dk daemon)" waiting
+check "killed daemon: request still pending" eq "$(st dk pending)" 1
+start_resp dk $L/dk2.log
+wait $RD
+check "I/O completed after the new daemon answered" eq $? 0
+check "new daemon got the unanswered request again (same id)" grep -qE "^map $ID 10 " $L/dk2.log
+check "re-sent data is right" cmp /tmp/dk-read <(blk /dev/vda 4k 10)
+stop_resp
+dmsetup remove dk
+
+# --- no daemon: EIO after daemon_timeout; suspend/remove never hang ----
+dmsetup create to --table "0 $SZ userspace to 8 2 daemon_timeout 3 /dev/vda"
+check "TABLE keeps the feature args" eq "$(dmsetup table to)" "0 $SZ userspace to 8 2 daemon_timeout 3 254:0"
+t0=$(date +%s%N)
+check "no daemon: read fails" bash -c '! dd if=/dev/mapper/to of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null'
+t1=$(date +%s%N)
+ms=$(((t1 - t0) / 1000000))
+check "no daemon: failed after about daemon_timeout ($ms ms)" bash -c "[ $ms -ge 2500 ] && [ $ms -le 15000 ]"
+check "no daemon: status failed" eq "$(st to daemon)" failed
+check "failed: later misses fail at once" bash -c '! dd if=/dev/mapper/to of=/dev/null bs=4k skip=7 count=1 iflag=direct status=none 2>/dev/null'
+check "remove after timeout" dmsetup remove to
+
+dmsetup create ns --table "0 $SZ userspace ns 8 /dev/vda"
+blk /dev/mapper/ns 4k 3 >/dev/null 2>&1 &
+RD=$!
+wait_for bash -c "[ \$(dmsetup status ns | awk '{print \$6}') = 1 ]"
+check "suspend with a pending bio and no daemon does not hang" timeout 30 dmsetup suspend ns
+wait $RD
+check "the pending bio failed" test $? -ne 0
+dmsetup resume ns
+check "remove with no daemon ever" timeout 30 dmsetup remove ns
+
+# --- bad input from the daemon -----------------------------------------
+dmsetup create bd --table "0 $SZ userspace bd 8 /dev/vda /dev/vdb"
+start_resp bd $L/bd.log -V -x 100000
+pattern /tmp/bd 262144
+dd if=/tmp/bd of=/dev/mapper/bd bs=64k oflag=direct status=none
+check "malformed answers all rejected" bash -c "[ \$(grep -c '^bad .* rejected' $L/bd.log) = 10 ] && ! grep -q ACCEPTED $L/bd.log"
+check "100000 random messages rejected" grep -q '^fuzz sent=100000 accepted=0' $L/bd.log
+check "device still works after bad input" cmp <(dd if=/dev/mapper/bd bs=64k count=4 iflag=direct status=none) /tmp/bd
+stop_resp
+dmsetup remove bd
+
+# --- a failing data device (dm-flakey) ---------------------------------
+dmsetup create flaky --table "0 $SZ flakey /dev/vdb 0 0 1"
+dmsetup create fk --table "0 $SZ userspace fk $BS /dev/vda /dev/mapper/flaky"
+start_resp fk $L/fk.log -m copy=1
+check "read error on the data device reaches the caller" bash -c '! dd if=/dev/mapper/fk of=/dev/null bs=64k count=1 iflag=direct status=none 2>/dev/null'
+check "failed copy-first fails the write" bash -c '! dd if=/tmp/p of=/dev/mapper/fk bs=4k seek=17 oflag=direct status=none 2>/dev/null'
+wait_for grep -q '^copy_error ' $L/fk.log
+check "failed copy-first reported to the daemon" grep -qE '^copy_error [0-9]+ 1 5$' $L/fk.log
+check "failed copy-first not remembered" eq "$(st fk copies)" 0
+stop_resp
+check "remove over a failing device" timeout 30 dmsetup remove fk
+dmsetup remove flaky
+
+check "module unloads" rmmod dmu

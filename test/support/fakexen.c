@@ -20,9 +20,12 @@
  *     poll() never wakes for ring traffic; ports are just counted up
  *   - xengnttab_*: XS_INTRODUCE of a guest maps a private anonymous page
  *
- * Knob: FAKEXEN_DOMAINS="1,5,7" makes only dom0 and those domids exist.
- * Unset, every non-reserved domid exists. Existence matters because
- * xenstored drops permission entries naming a domain that does not exist.
+ * Knobs:
+ *   FAKEXEN_DOMAINS="1,5,7" makes only dom0 and those domids exist for
+ *     xc_domain_getinfo. Unset, every non-reserved domid exists.
+ *   FAKEXEN_PARENT_PID=<pid>: the daemon gets SIGTERM when that process
+ *     (the test runner that started it) dies, so a killed test never
+ *     leaves a stray xenstored behind.
  *
  * Build (done on demand by xenstored.ts):
  *   gcc -shared -fPIC -O2 -Wall -Wextra -o fakexen.so fakexen.c -ldl
@@ -35,8 +38,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 /* Domids from here up are special (DOMID_SELF, DOMID_IO ...), never real. */
@@ -44,6 +49,22 @@
 
 /* The event channel port dom0's xenbus pretends to use. */
 #define DOM0_XENBUS_PORT	1
+
+/* ------------------------------------------------------------------ */
+/* Lifetime: die with the test process                                 */
+/* ------------------------------------------------------------------ */
+
+__attribute__((constructor)) static void die_with_parent(void)
+{
+	const char *want = getenv("FAKEXEN_PARENT_PID");
+
+	if (!want || !*want)
+		return;
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	/* The parent may have died before prctl() took effect. */
+	if (getppid() != (pid_t)strtol(want, NULL, 10))
+		_exit(1);
+}
 
 /* ------------------------------------------------------------------ */
 /* /proc/xen files read during dom0 introduction                      */

@@ -146,6 +146,8 @@ export async function startXenstored(opts: StartOptions = {}): Promise<Xenstored
 		XENSTORED_RUNDIR: rundir,
 		XENSTORED_PATH: socketPath,
 		LD_PRELOAD: shim,
+		// Dies with us even if we are SIGKILLed (tap timeout): see fakexen.c.
+		FAKEXEN_PARENT_PID: String(process.pid),
 	};
 	if (opts.domains) env.FAKEXEN_DOMAINS = opts.domains.join(',');
 	const child = spawn(XENSTORED_BIN, ['--no-fork', ...(opts.args ?? [])], {

@@ -3,7 +3,9 @@
  * writes and watches to Xen's own CLI tools (xenstore-utils), and stops.
  * Kept independent of src/xenstore so a client bug cannot hide a helper bug.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import t from 'tap';
 import { startXenstored } from '../support/xenstored.js';
@@ -64,4 +66,30 @@ t.test('two daemons are isolated; stop kills by PID and cleans up', async (t) =>
 	t.notOk(alive(b.pid), 'b is gone');
 	t.notOk(existsSync(a.rundir), 'run directory removed');
 	await a.stop(); // idempotent
+});
+
+t.test('a test process killed outright takes its daemon with it', async (t) => {
+	// A child that starts a daemon, reports its PID, then dies by SIGKILL
+	// (as on a tap timeout): no exit handler runs, only PDEATHSIG can help.
+	const helper = new URL('../support/xenstored.js', import.meta.url).href;
+	const script = `const m = await import(${JSON.stringify(helper)});
+		const d = await m.startXenstored();
+		process.stdout.write(d.pid + ' ' + d.rundir + '\\n', () => process.kill(process.pid, 'SIGKILL'));`;
+	const child = await execa(process.execPath, ['--input-type=module', '-e', script], { reject: false });
+	t.equal(child.signal, 'SIGKILL');
+	const [pidText, rundir] = child.stdout.trim().split(' ');
+	const pid = Number(pidText);
+	if (rundir) t.teardown(() => rm(rundir, { recursive: true, force: true }));
+	t.ok(pid > 0, 'daemon was started');
+	const deadline = Date.now() + 5000;
+	const state = () => {
+		try {
+			// "Z" (zombie, waiting for init to reap it) counts as gone.
+			return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0];
+		} catch {
+			return 'gone';
+		}
+	};
+	while (!['Z', 'gone'].includes(state() ?? '') && Date.now() < deadline) await sleep(20);
+	t.ok(['Z', 'gone'].includes(state() ?? ''), `daemon ${pid} ended with its parent`);
 });

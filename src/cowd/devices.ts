@@ -31,6 +31,8 @@ export async function checkKernel(): Promise<void> {
 	if (!/\bdevice-mapper\b/.test(misc)) {
 		throw new DmuError('DMU_ERR_NO_DM', 'device-mapper is not available in this kernel (modprobe dm_mod)');
 	}
+	// Loop devices for image files: the loop driver is a module on Debian.
+	if (!(await stat('/dev/loop-control').then(() => true, () => false))) await tool('modprobe', ['loop']);
 	const r = await tool('dmsetup', ['targets']);
 	if (r.exitCode !== 0) throw new DmuError('DMU_ERR_NO_DM', `dmsetup targets failed: ${firstLine(r.stderr)}`);
 	if (!/^userspace\s/m.test(r.stdout)) {

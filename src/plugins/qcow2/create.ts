@@ -6,7 +6,7 @@
  * -o options understood: compat, cluster_size, refcount_bits,
  * lazy_refcounts, extended_l2, backing_fmt, compression_type (zlib only).
  */
-import { open } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { DmuError } from '../../errors.js';
 import { pluginFor } from '../registry.js';
@@ -127,7 +127,7 @@ export async function createQcow2(path: string, opts: CreateOptions): Promise<vo
 		setRefcount(blk, order, c % perBlock, 1);
 	}
 
-	let fh;
+	let fh: FileHandle;
 	try {
 		fh = await open(path, 'w');
 	} catch (e) {

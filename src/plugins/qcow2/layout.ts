@@ -329,11 +329,14 @@ export function setRefcount(block: Buffer, order: number, index: number, value: 
 	};
 	switch (order) {
 		case 0:
-			return sub(8, 1);
+			sub(8, 1);
+			return;
 		case 1:
-			return sub(4, 2);
+			sub(4, 2);
+			return;
 		case 2:
-			return sub(2, 4);
+			sub(2, 4);
+			return;
 		case 3:
 			block[index] = value;
 			return;

@@ -181,7 +181,7 @@ export class Refcounts {
 		}
 		if (this.#tableDirty) {
 			const raw = Buffer.alloc(this.tableClusters * this.cs);
-			this.table.forEach((off, i) => raw.writeBigUInt64BE(BigInt(off), i * 8));
+			for (const [i, off] of this.table.entries()) raw.writeBigUInt64BE(BigInt(off), i * 8);
 			await this.file.write(this.tableOffset, raw);
 			this.#tableDirty = false;
 			await this.file.sync();

@@ -96,7 +96,7 @@ export class Tables {
 		}
 		if (this.#l1Dirty) {
 			const raw = Buffer.alloc(this.l1.length * 8);
-			this.l1.forEach((e, i) => raw.writeBigUInt64BE(e, i * 8));
+			for (const [i, e] of this.l1.entries()) raw.writeBigUInt64BE(e, i * 8);
 			await this.file.write(this.h.l1Offset, raw);
 			this.#l1Dirty = false;
 			await this.file.sync();

@@ -103,7 +103,7 @@ struct dmu_target {
 	struct list_head outq;		/* dmu_out waiting for read() */
 	struct list_head sent;		/* requests read, not answered */
 	wait_queue_head_t wait;		/* readers and pollers */
-	struct mutex ctl_mutex;		/* write() against dtr */
+	struct mutex ctl_mutex;		/* write(), release vs dtr */
 	struct miscdevice misc;
 	char misc_name[DMU_KEY_MAX + 5];
 	char misc_nodename[DMU_KEY_MAX + 5];

@@ -298,7 +298,7 @@ void dmu_transport_unregister(struct dmu_target *t)
 	spin_unlock_irqrestore(&t->lock, flags);
 	wake_up_interruptible_all(&t->wait);
 
-	/* Wait for a write() in progress to finish with the target. */
+	/* Wait for a write() or a release in progress to finish with t. */
 	mutex_lock(&t->ctl_mutex);
 	mutex_unlock(&t->ctl_mutex);
 }

@@ -961,10 +961,13 @@ void dmu_daemon_gone(struct dmu_target *t)
 	unsigned long flags;
 	bool fail;
 
+	/* ctl_mutex keeps the destructor (and the table) away meanwhile. */
+	mutex_lock(&t->ctl_mutex);
 	spin_lock_irqsave(&t->lock, flags);
 	if (t->dead) {
 		t->daemon = DMU_DAEMON_WAITING;
 		spin_unlock_irqrestore(&t->lock, flags);
+		mutex_unlock(&t->ctl_mutex);
 		return;
 	}
 	list_splice_init(&t->sent, &t->outq);
@@ -980,6 +983,7 @@ void dmu_daemon_gone(struct dmu_target *t)
 	if (fail)
 		dmu_fail_waiters(t, dm_noflush_suspending(t->ti));
 	dm_table_event(t->ti->table);
+	mutex_unlock(&t->ctl_mutex);
 }
 
 /* ------------------------------------------------------------------ */

@@ -176,12 +176,27 @@ int main(int argc, char **argv)
 
 	while ((opt = getopt(argc, argv, "m:l:D:I:x:V")) != -1) {
 		switch (opt) {
-		case 'm': mode = optarg; break;
-		case 'l': logf = fopen(optarg, "a"); break;
-		case 'D': commit_delay = atol(optarg); break;
-		case 'I': sscanf(optarg, "%llu,%llu", &ib, &ic); break;
-		case 'x': fuzz_count = atol(optarg); break;
-		case 'V': do_validate = 1; break;
+		case 'm':
+			mode = optarg;
+			break;
+		case 'l':
+			logf = fopen(optarg, "a");
+			break;
+		case 'D':
+			commit_delay = atol(optarg);
+			break;
+		case 'I':
+			if (sscanf(optarg, "%llu,%llu", &ib, &ic) != 2) {
+				fprintf(stderr, "-I wants BLOCK,COUNT\n");
+				return 2;
+			}
+			break;
+		case 'x':
+			fuzz_count = atol(optarg);
+			break;
+		case 'V':
+			do_validate = 1;
+			break;
 		default:
 			fprintf(stderr, "usage: %s [-m MODE] [-l LOG] [-D MS] [-I B,C] [-x N] [-V] DEV\n",
 				argv[0]);

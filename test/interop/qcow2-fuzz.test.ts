@@ -160,7 +160,7 @@ async function oneMutant(i: number, path: string, stats: Stats, failures: string
 		const bs = BigInt(img.blockSize);
 		const blocks = (img.virtualSize + bs - 1n) / bs;
 		// A sample of blocks (all of them on small images) keeps 10,000 mutants quick.
-		const limit = blocks < 32n ? blocks : 32n;
+		const limit = blocks < 24n ? blocks : 24n;
 		const sizeOf = async () => Promise.all(opened.devices.map(async (dv) => (await stat(dv.path)).size));
 		let sizes = await sizeOf();
 		for (let k = 0n; k < limit; k++) {

@@ -55,9 +55,10 @@ export interface OpenedParts {
 export async function openParts(path: string, writable: boolean, describeOnly = false): Promise<OpenedParts> {
 	const file = await ImageFile.open(path, writable);
 	try {
-		const head = await file.read(0, Math.min(4096, file.size), 'header');
+		// Cluster 0 holds the header and its extensions; most clusters are <= 64 KiB.
+		const head = await file.read(0, Math.min(65536, file.size), 'header');
 		const bits = peekClusterBits(path, head);
-		const c0 = await file.read(0, Math.min(2 ** bits, file.size), 'header cluster');
+		const c0 = 2 ** bits <= head.length || head.length === file.size ? head.subarray(0, 2 ** bits) : await file.read(0, Math.min(2 ** bits, file.size), 'header cluster');
 		const h = parseHeader(path, c0, file.size, describeOnly || hasZstd());
 		const tables = new Tables(file, h);
 		await tables.load();

@@ -3,13 +3,14 @@
  * qemu-img/qemu-io through execa, temp dirs, a seeded PRNG, and reading a
  * whole disk through a plugin with BlockEngine.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, open as openFile, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { BlockEngine } from '../../src/plugins/engine.js';
 import { loadPlugin } from '../../src/plugins/registry.js';
-import type { OpenOptions } from '../../src/plugins/types.js';
+import { isDmuError } from '../../src/errors.js';
+import type { Image, MapDecision, OpenOptions, Plugin, ScratchArea } from '../../src/plugins/types.js';
 
 export const MiB = 1024 * 1024;
 
@@ -58,8 +59,8 @@ export async function dmuRaw(fmt: string, path: string, opts: OpenOptions = {}):
 	}
 }
 
-export async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-	const dir = await mkdtemp(join(tmpdir(), 'dmu-interop-'));
+export async function withTmp<T>(fn: (dir: string) => Promise<T>, base = tmpdir()): Promise<T> {
+	const dir = await mkdtemp(join(base, 'dmu-interop-'));
 	try {
 		return await fn(dir);
 	} finally {
@@ -105,4 +106,161 @@ export async function randomWrites(
 		await eng.write(off, data);
 		data.copy(ref, off);
 	}
+}
+
+// ---------------------------------------------------------------------
+// Header/table fuzzing shared by the per-format fuzz tests.
+
+
+/** tmpfs when the host has one: fuzzing rewrites a file thousands of times. */
+export const fastTmp = async (): Promise<string> =>
+	(await stat('/dev/shm').then((s) => s.isDirectory(), () => false)) ? '/dev/shm' : tmpdir();
+
+export interface FuzzResult {
+	iterations: number;
+	opened: number;
+	refused: number;
+	/** DmuErrors thrown by map() on tables found bad only when read. */
+	lateErrors: number;
+	failures: string[];
+}
+
+export interface FuzzSpec {
+	plugin: Plugin;
+	/** The seed image's bytes (small: it is rewritten every iteration). */
+	seed: Buffer;
+	/** Byte ranges holding headers and tables: where mutations land. */
+	regions: Array<[number, number]>;
+	/** Make checksums right again after mutating (most of the time). */
+	fix?: (b: Buffer) => void;
+	iterations: number;
+	seedValue: number;
+	dir: string;
+	name: string;
+}
+
+const INTERESTING = [0, 1, 2, 0x7f, 0x80, 0xff, 0x100, 0x200, 0x1000, 0xffff, 0x10000, 0x7fffffff, 0x80000000, 0xffffffff];
+
+function mutate(b: Buffer, spec: FuzzSpec, rnd: () => number): void {
+	const n = 1 + Math.floor(rnd() * 4);
+	for (let k = 0; k < n; k++) {
+		const [s, e] = spec.regions[Math.floor(rnd() * spec.regions.length)] as [number, number];
+		const at = s + Math.floor(rnd() * Math.max(1, e - s));
+		if (at >= b.length) continue;
+		const kind = rnd();
+		if (kind < 0.4) b[at] = Math.floor(rnd() * 256);
+		else if (kind < 0.6) b[at] = (b[at] as number) ^ (1 << Math.floor(rnd() * 8));
+		else if (at + 4 <= b.length) {
+			const v = INTERESTING[Math.floor(rnd() * INTERESTING.length)] as number;
+			if (rnd() < 0.5) b.writeUInt32BE(v >>> 0, at);
+			else b.writeUInt32LE(v >>> 0, at);
+		}
+	}
+}
+
+const withTimeout = <T>(p: Promise<T>, ms: number, what: string): Promise<T> =>
+	new Promise<T>((res, rej) => {
+		const timer = setTimeout(() => rej(new Error(`hang: ${what} took over ${ms} ms`)), ms);
+		p.then(
+			(v) => {
+				clearTimeout(timer);
+				res(v);
+			},
+			(e) => {
+				clearTimeout(timer);
+				rej(e);
+			},
+		);
+	});
+
+/** Check one decision stays inside its device (or the scratch area). */
+async function inBounds(img: Image, d: MapDecision, block: bigint, sizes: Map<number, bigint>): Promise<string | undefined> {
+	if (d.kind !== 'map') return undefined;
+	const bs = BigInt(img.blockSize);
+	const used = img.virtualSize - block * bs < bs ? img.virtualSize - block * bs : bs;
+	const check = async (dev: number, sector: bigint, what: string) => {
+		if (dev === img.devices.length) return undefined; // scratch
+		const dv = img.devices[dev];
+		if (!dv) return `${what}: device ${dev} of ${img.devices.length}`;
+		let size = sizes.get(dev);
+		if (size === undefined) {
+			size = BigInt((await stat(dv.path)).size);
+			sizes.set(dev, size);
+		}
+		if (sector < 0n || sector * 512n + used > size) return `${what}: block ${block} -> dev ${dev} sector ${sector} past ${size}`;
+		return undefined;
+	};
+	return (await check(d.dev, d.sector, 'map')) ?? (d.copyFrom ? await check(d.copyFrom.dev, d.copyFrom.sector, 'copy') : undefined);
+}
+
+export async function fuzzFormat(spec: FuzzSpec): Promise<FuzzResult> {
+	const rnd = prng(spec.seedValue);
+	const path = join(spec.dir, spec.name);
+	const fh = await openFile(path, 'w+');
+	const res: FuzzResult = { iterations: 0, opened: 0, refused: 0, lateErrors: 0, failures: [] };
+	let next = 0n;
+	let image: Image | undefined;
+	const scratch: ScratchArea = {
+		get dev() {
+			return image ? image.devices.length : -1;
+		},
+		async put(data) {
+			const s = next;
+			next += BigInt(Math.ceil(data.length / 512));
+			return s;
+		},
+	};
+	try {
+		for (let i = 0; i < spec.iterations && res.failures.length < 5; i++) {
+			res.iterations++;
+			const b = Buffer.from(spec.seed);
+			mutate(b, spec, rnd);
+			if (spec.fix && rnd() < 0.85) spec.fix(b);
+			await fh.truncate(0);
+			await fh.write(b, 0, b.length, 0);
+			image = undefined;
+			try {
+				const opts = { scratch, allowedRoots: [spec.dir] };
+				image = await withTimeout(
+					spec.plugin.open(path, opts).catch((e) =>
+						// Read-only kinds (streamOptimized) are still fuzzed, read-only.
+						isDmuError(e) && e.code === 'DMU_ERR_READ_ONLY' ? spec.plugin.open(path, { ...opts, readOnly: true }) : Promise.reject(e),
+					),
+					5000,
+					'open',
+				);
+			} catch (e) {
+				if (isDmuError(e)) res.refused++;
+				else res.failures.push(`iteration ${i}: open threw ${(e as Error).stack ?? e}`);
+				continue;
+			}
+			res.opened++;
+			const img = image as Image;
+			try {
+				const blocks = (img.virtualSize + BigInt(img.blockSize) - 1n) / BigInt(img.blockSize);
+				const sizes = new Map<number, bigint>();
+				const probe = [0n, 1n, 2n, blocks - 1n, blocks / 2n, BigInt(Math.floor(rnd() * Number(blocks)))];
+				for (const [k, block] of probe.entries()) {
+					if (block < 0n || block >= blocks) continue;
+					const write = k >= 4;
+					const d = await withTimeout(img.map({ block, write, wholeBlock: false, roFault: false }), 5000, 'map');
+					if (write) sizes.clear();
+					const bad = await inBounds(img, d, block, sizes);
+					if (bad) res.failures.push(`iteration ${i}: ${bad}`);
+				}
+				const past = await img.map({ block: blocks + 5n, write: false, wholeBlock: false, roFault: false });
+				if (past.kind !== 'error') res.failures.push(`iteration ${i}: block past the end mapped to ${past.kind}`);
+			} catch (e) {
+				if (isDmuError(e)) res.lateErrors++;
+				else res.failures.push(`iteration ${i}: map threw ${(e as Error).stack ?? e}`);
+			} finally {
+				await img.close().catch((e) => {
+					if (!isDmuError(e)) res.failures.push(`iteration ${i}: close threw ${(e as Error).message}`);
+				});
+			}
+		}
+	} finally {
+		await fh.close();
+	}
+	return res;
 }

@@ -14,7 +14,7 @@
  * followed, under the image's own directory or an allowed root; a chain
  * that comes back to a file already in it is refused.
  */
-import { realpath } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve, sep } from 'node:path';
 import { DmuError } from '../../errors.js';
 import { pluginFor } from '../registry.js';
@@ -46,6 +46,10 @@ export async function resolveBackingPath(imagePath: string, name: string, opts: 
 		real = await realpath(wanted);
 	} catch (e) {
 		throw new DmuError('DMU_ERR_BACKING', `${imagePath}: backing file ${name} cannot be opened: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+	}
+	const st = await stat(real);
+	if (!st.isFile() && !st.isBlockDevice()) {
+		throw new DmuError('DMU_ERR_BACKING', `${imagePath}: backing file ${name} is not a regular file or block device`);
 	}
 	const roots = [dir, ...(opts.allowedRoots ?? [])];
 	for (const r of roots) {

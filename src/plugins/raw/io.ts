@@ -27,11 +27,18 @@ export class ImageFile {
 	) {}
 
 	static async open(path: string, writable: boolean): Promise<ImageFile> {
+		let fh: FileHandle;
 		try {
-			return new ImageFile(path, await open(path, writable ? 'r+' : 'r'), writable);
+			fh = await open(path, writable ? 'r+' : 'r');
 		} catch (e) {
 			throw new DmuError('DMU_ERR_OPEN', `cannot open ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
 		}
+		const st = await fh.stat();
+		if (!st.isFile() && !st.isBlockDevice()) {
+			await fh.close();
+			throw new DmuError('DMU_ERR_OPEN', `cannot open ${path}: not a regular file or block device`);
+		}
+		return new ImageFile(path, fh, writable);
 	}
 
 	async size(): Promise<bigint> {

@@ -155,6 +155,9 @@ export async function startXenstored(opts: StartOptions = {}): Promise<Xenstored
 		stdio: ['ignore', log, log],
 	});
 	closeSync(log);
+	// A test that forgets stop() must not hang on its daemon: the exit
+	// handler below (or PDEATHSIG, see fakexen.c) ends it.
+	child.unref();
 	const spawnError = new Promise<Error>((resolve) => child.once('error', resolve));
 	live.add(child);
 

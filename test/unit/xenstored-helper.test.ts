@@ -93,3 +93,15 @@ t.test('a test process killed outright takes its daemon with it', async (t) => {
 	while (!['Z', 'gone'].includes(state() ?? '') && Date.now() < deadline) await sleep(20);
 	t.ok(['Z', 'gone'].includes(state() ?? ''), `daemon ${pid} ended with its parent`);
 });
+
+t.test('a daemon that fails to start is reported with its log', async (t) => {
+	// --help prints usage and exits 0 (an unknown option is ignored instead).
+	const r = await startXenstored({ args: ['--help'] }).then(
+		async (d) => {
+			await d.stop();
+			return new Error('started');
+		},
+		(e: Error) => e,
+	);
+	t.match(r.message, /^xenstored exited during start-up \(0\): .*Usage/s);
+});

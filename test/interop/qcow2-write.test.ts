@@ -341,7 +341,7 @@ t.test('a crash at any metadata write during commit leaves no corruption', async
 	const total = writes;
 	tt.ok(total > 5, `a commit makes ${total} metadata writes`);
 	tt.equal((await qemuCheck(clean)).exitCode, 0, 'uninterrupted commit is clean');
-	const step = Math.max(1, Math.ceil(total / 30));
+	const step = Math.max(1, Math.ceil(total / 16));
 	let worst = 0;
 	for (let n = 0; n < total; n += step) {
 		const p = join(dir, `crash-${n}.qcow2`);

@@ -64,12 +64,18 @@ export class Connection {
 
 	/**
 	 * Sends the frame `build(reqId)` and resolves with the reply's payload,
-	 * or rejects with XenstoreError carrying the daemon's errno name.
+	 * or rejects with XenstoreError carrying the daemon's errno name. Never
+	 * throws synchronously.
 	 */
 	request(op: number, path: string | undefined, build: (reqId: number) => Buffer): Promise<Buffer> {
 		if (this.#closed) return Promise.reject(this.#closedError(op, path));
 		const reqId = this.#allocReqId();
-		const buf = build(reqId); // may throw E2BIG/EINVAL before anything is sent
+		let buf: Buffer;
+		try {
+			buf = build(reqId); // E2BIG/EINVAL are found before anything is sent
+		} catch (e) {
+			return Promise.reject(e);
+		}
 		return new Promise((resolve, reject) => {
 			this.#pending.set(reqId, { op, path, resolve, reject });
 			this.#transport!.write(buf);

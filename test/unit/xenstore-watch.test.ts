@@ -161,3 +161,13 @@ t.test('closing the client ends watches quietly; a dying daemon ends them with a
 	process.kill(fx.daemon.pid, 'SIGKILL');
 	await t.rejects(waiting2, { code: 'DMU_ERR_XENSTORE_ECONNRESET' });
 });
+
+t.test('a watch path too long for a frame rejects ready, nothing leaks', async (t) => {
+	const fx = await xenstoreFixture(t);
+	const xs = await fx.client();
+	const w = xs.watch(`/${'x'.repeat(5000)}`);
+	await t.rejects(w.ready, { code: 'DMU_ERR_XENSTORE_E2BIG' });
+	t.same(await w.next().catch((e: { errno: string }) => e.errno), 'E2BIG');
+	await xs.write('/still', 'usable');
+	t.equal(await xs.read('/still'), 'usable');
+});

@@ -199,6 +199,8 @@ export class DscowImage implements Image {
 		if (!src && !req.wholeBlock && this.wasDirty) {
 			// A hole after a crash may hold orphaned data: make it zeros.
 			await this.fh.write(Buffer.alloc(this.blockSize), 0, this.blockSize, Number(this.#imageSector(block) * 512n));
+			// On disk before the kernel's (possibly direct) I/O to the block starts.
+			await this.fh.datasync();
 		}
 		this.bitmap.set(block);
 		this.#pending.add(block);

@@ -40,7 +40,7 @@ const writes = (size: number, cs: number): string[] => [
 	`write -P 0x55 ${Math.floor(size / 3) - (Math.floor(size / 3) % 512)} ${Math.min(3 * cs, 1 << 20)}`,
 ];
 
-const matrix: { name: string; compat: string; cs: number; size: number; ext?: boolean; refBits?: number }[] = [
+const matrix: { name: string; compat: string; cs: number; size: number; ext?: boolean; refBits?: number; prealloc?: string }[] = [
 	{ name: 'v2 64K', compat: '0.10', cs: 65536, size: 16 << 20 },
 	{ name: 'v3 512B', compat: '1.1', cs: 512, size: 2 << 20 },
 	{ name: 'v3 4K', compat: '1.1', cs: 4096, size: 8 << 20 },
@@ -49,6 +49,7 @@ const matrix: { name: string; compat: string; cs: number; size: number; ext?: bo
 	{ name: 'v2 512B', compat: '0.10', cs: 512, size: 1 << 20 },
 	{ name: 'v3 64K extended_l2', compat: '1.1', cs: 65536, size: 16 << 20, ext: true },
 	{ name: 'v3 32K refcount_bits=1', compat: '1.1', cs: 32768, size: 8 << 20, refBits: 1 },
+	{ name: 'v3 64K preallocation=metadata', compat: '1.1', cs: 65536, size: 8 << 20, prealloc: 'metadata' },
 ];
 
 for (const m of matrix) {
@@ -61,6 +62,7 @@ for (const m of matrix) {
 				cluster_size: m.cs,
 				...(m.ext ? { extended_l2: 'on' } : {}),
 				...(m.refBits ? { refcount_bits: m.refBits } : {}),
+				...(m.prealloc ? { preallocation: m.prealloc } : {}),
 			},
 		});
 		await qemuIo(p, writes(m.size, m.cs));

@@ -356,3 +356,20 @@ t.test('a crash at any metadata write during commit leaves no corruption', async
 	}
 	tt.comment(`crash points tried: ${Math.ceil(total / step)}, most leaked clusters: ${worst}`);
 });
+
+t.test('persistent bitmaps: marked stale on write, leaks agreed with qemu-img and repaired', async (tt) => {
+	const p = join(dir, 'bitmap.qcow2');
+	await qemuCreate(p, 'qcow2', { size: 4 << 20 });
+	await qemuIo(p, ['write -P 0x21 0 1M']);
+	await qemuImg('bitmap', '--add', p, 'b0');
+	await qemuIo(p, ['write -P 0x22 2M 64k']);
+	const expected = await qemuRead(p);
+	await randomWrites(p, expected, 5, 10, 100_000);
+	const theirs = await qemuCheck(p);
+	const ours = await plugin.check(p);
+	tt.equal(theirs.corruptions, 0, 'qemu-img: no corruption');
+	tt.ok(theirs.leaks > 0, `qemu-img: stale bitmap clusters are leaks (${theirs.leaks})`);
+	tt.equal(ours.leaks.length, theirs.leaks, 'dmu check counts the same leaks');
+	await plugin.check(p, { repair: 'leaks' });
+	await judged(tt, p, expected, 'bitmap image after repair');
+});

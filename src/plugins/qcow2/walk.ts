@@ -5,7 +5,7 @@
  * dirty-bit repair compare stored refcounts against.
  */
 import type { ImageFile } from './file.js';
-import { COMPRESSED, compressedRef, type Header, MAX_L1_BYTES, OFFSET_MASK, ZERO_FLAG } from './layout.js';
+import { AUTOCLEAR_BITMAPS, COMPRESSED, compressedRef, type Header, MAX_L1_BYTES, OFFSET_MASK, ZERO_FLAG } from './layout.js';
 
 export interface Walk {
 	/** Expected refcount per host cluster index. */
@@ -116,7 +116,8 @@ export async function collectReferences(src: WalkSource): Promise<Walk> {
 		else incRange(h.snapshotsOffset, pos - h.snapshotsOffset);
 	}
 
-	if (h.bitmaps) {
+	// Without the autoclear bit the bitmaps are stale and QEMU ignores them (their clusters are leaks).
+	if (h.bitmaps && h.autoclear & AUTOCLEAR_BITMAPS) {
 		const { dirOffset, dirSize, count } = h.bitmaps;
 		incRange(dirOffset, dirSize);
 		const dir = await file.read(dirOffset, dirSize, 'bitmap directory');

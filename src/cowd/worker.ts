@@ -100,10 +100,11 @@ export class Worker {
 				}
 			}
 			case MsgType.COPY_ERROR:
-				// The kernel failed the bios and remembered nothing; the block's
-				// metadata may now claim data that never arrived.
+				// The kernel failed the bios and remembered nothing; the plugin
+				// must not keep an allocation that never received its data.
 				this.stats.errors++;
 				this.log.error({ block: m.block, errno: m.error }, 'copy-first failed in the kernel');
+				await this.image.copyFailed?.(m.block).catch((e: Error) => this.log.error({ err: e.message }, 'undoing the allocation failed'));
 				return undefined;
 			case MsgType.FEATURES:
 			case MsgType.INVALIDATE_DONE:

@@ -88,6 +88,13 @@ export interface Image {
 	commit(): Promise<void>;
 	/** Commit, mark the image cleanly closed, release files. */
 	close(): Promise<void>;
+	/**
+	 * Optional: the kernel could not do the copy-first of a mapping this
+	 * image just allocated for `block` (the bios failed, nothing was
+	 * remembered). Undo the allocation so the block does not claim data it
+	 * never received.
+	 */
+	copyFailed?(block: bigint): Promise<void>;
 }
 
 export interface OpenOptions {

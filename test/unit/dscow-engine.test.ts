@@ -88,6 +88,12 @@ t.test('map decisions follow the rules', async (t) => {
 	await img.commit();
 	t.match(await img.map({ block: 2n, write: false, wholeBlock: false, roFault: false }), { dev: 0, writable: true, durable: true }, 'durable after commit');
 	t.match(await img.map({ block: 99n, write: false, wholeBlock: false, roFault: false }), { kind: 'error' }, 'out of range: error');
+	// A failed kernel copy-first undoes a fresh allocation (not a committed one).
+	await img.map({ block: 5n, write: true, wholeBlock: false, roFault: false });
+	await img.copyFailed!(5n);
+	t.match(await img.map({ block: 5n, write: false, wholeBlock: false, roFault: false }), { dev: 1 }, 'block 5 back on the base');
+	await img.copyFailed!(2n);
+	t.match(await img.map({ block: 2n, write: false, wholeBlock: false, roFault: false }), { dev: 0 }, 'committed block 2 kept');
 });
 
 t.test('no base: unallocated reads are zeros', async (t) => {

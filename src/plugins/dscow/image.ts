@@ -210,6 +210,13 @@ export class DscowImage implements Image {
 		return d;
 	}
 
+	async copyFailed(block: bigint): Promise<void> {
+		if (this.readOnly || !this.#pending.has(block)) return; // only blocks allocated since the last commit
+		this.bitmap.clear(block);
+		this.#pending.delete(block);
+		await this.#recordLive(block);
+	}
+
 	/**
 	 * Write the block's word to the live bitmap (no fsync: it only has to
 	 * survive the daemon, not the host). Writes are chained and each encodes

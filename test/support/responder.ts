@@ -18,7 +18,8 @@
  *   {"ev":"rejected","type":..,"id":..,"errno":..}  the kernel refused a reply
  *   {"ev":"eof"}                                target destroyed
  *   {"ev":"error","code":..,"message":..}       read/write failure (loop stops)
- *   {"ev":"stop"}                               stopped (SIGTERM)
+ *   {"ev":"stop","closeMs":..}                  stopped (SIGTERM); closeMs is how
+ *                                               long closing the device took
  */
 import fs from 'node:fs';
 import { ControlDevice, ControlRejectError } from '../../src/abi/control.js';
@@ -187,9 +188,10 @@ export class Responder {
 		for (const t of this.#timers) clearTimeout(t);
 		clearInterval(this.#holdPoll);
 		if (this.rules.commit.holdSignal) process.off(this.rules.commit.holdSignal, this.#onSignal);
+		const start = Date.now();
 		await this.dev.close();
 		await this.done.catch(() => {});
-		this.#log.write('stop');
+		this.#log.write('stop', { closeMs: Date.now() - start });
 		this.#log.close();
 	}
 }

@@ -78,6 +78,7 @@ const KERNEL_PROBLEM =
 const PRINTK_TIME = /\[\s*\d+\.\d{6}\]/;
 
 const VM_LOCK = '/tmp/dmu-vm.lock';
+const VM_QUEUE = '/tmp/dmu-vm.queue';
 const DEFAULT_TIMEOUT_SEC = 600;
 
 /** The repo root: the nearest ancestor holding package.json (works from test/ and dist/test/). */
@@ -228,7 +229,11 @@ function validate(opts: VmOptions): void {
 // dying test never leaves a QEMU holding the VM lock.
 const liveGroups = new Set<number>();
 let handlersInstalled = false;
+// Queue tickets of this process, removed on exit with the VMs.
+const myTickets = new Set<string>();
 function killLive(): void {
+	for (const f of myTickets) fs.rmSync(f, { force: true });
+	myTickets.clear();
 	for (const pgid of liveGroups) {
 		try {
 			process.kill(-pgid, 'SIGKILL');
@@ -238,18 +243,21 @@ function killLive(): void {
 	}
 	liveGroups.clear();
 }
+/** Set once this process got SIGINT/SIGTERM/SIGHUP: no new VM starts after that. */
+let interrupted = false;
 function installHandlers(): void {
 	if (handlersInstalled) return;
 	handlersInstalled = true;
 	process.on('exit', killLive);
 	for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
 		const onSig = (): void => {
+			interrupted = true;
 			killLive();
-			// If nobody else handles the signal, die of it as we would have.
-			if (process.listenerCount(sig) === 1) {
-				process.off(sig, onSig);
-				process.kill(process.pid, sig);
-			}
+			// Die of the signal as we would have without this listener. Other
+			// listeners (tap's signal-exit) ran already; with ours gone they
+			// see the re-raised signal as unhandled and let the process die.
+			process.off(sig, onSig);
+			process.kill(process.pid, sig);
 		};
 		process.on(sig, onSig);
 	}
@@ -277,6 +285,52 @@ export function findKernelProblems(consoleText: string, dmesgText: string): stri
 		if (KERNEL_PROBLEM.test(line)) add(line);
 	}
 	return out;
+}
+
+/**
+ * First come, first served among harness users. flock(1) alone is not fair:
+ * with several test processes waiting, one can starve for many minutes (seen
+ * here with 5 helpers). Each waiter drops a ticket named by arrival time and
+ * pid into VM_QUEUE and goes on to flock only when its ticket is the oldest
+ * live one; tickets of dead processes are discarded. QEMU users outside this
+ * harness still just take the flock, so the lock remains the real exclusion.
+ * Returns a function that gives the turn up.
+ */
+async function waitForTurn(): Promise<() => void> {
+	fs.mkdirSync(VM_QUEUE, { recursive: true, mode: 0o1777 });
+	ticketSeq++;
+	const mine = `${String(Date.now()).padStart(15, '0')}-${process.pid}-${ticketSeq}`;
+	const file = path.join(VM_QUEUE, mine);
+	fs.writeFileSync(file, '');
+	myTickets.add(file);
+	const release = (): void => {
+		myTickets.delete(file);
+		fs.rmSync(file, { force: true });
+	};
+	for (;;) {
+		const live = fs
+			.readdirSync(VM_QUEUE)
+			.filter((n) => {
+				const pid = Number(n.split('-')[1]);
+				if (pid === process.pid || isAlive(pid)) return true;
+				fs.rmSync(path.join(VM_QUEUE, n), { force: true });
+				return false;
+			})
+			.sort();
+		if (live[0] === mine || !live.includes(mine)) return release;
+		await new Promise((r) => setTimeout(r, 300));
+	}
+}
+let ticketSeq = 0;
+
+function isAlive(pid: number): boolean {
+	if (!Number.isInteger(pid) || pid <= 0) return false;
+	try {
+		process.kill(pid, 0);
+		return true;
+	} catch (e) {
+		return (e as NodeJS.ErrnoException).code === 'EPERM';
+	}
 }
 
 /** Run directories older than this are deleted when a new VM starts. */
@@ -310,6 +364,7 @@ function readOr(file: string, dflt: string): string {
 
 export async function runInVm(opts: VmOptions): Promise<VmResult> {
 	validate(opts);
+	if (interrupted) throw new Error('vm: interrupted by a signal, not starting another VM');
 	const kernel = guestKernel(opts.kernel);
 	const { vmlinux, initramfs } = await prepareKernel(kernel);
 	const timeoutSec = opts.timeoutSec ?? DEFAULT_TIMEOUT_SEC;
@@ -375,6 +430,7 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 	const verbose = Boolean(process.env.DMU_VM_VERBOSE);
 	installHandlers();
 	const t0 = Date.now();
+	const releaseTurn = await waitForTurn();
 	// flock LOCK sh -c '<note the time>; exec timeout ... qemu ...': the shell
 	// text is constant, every value travels as an argument. timeout runs in
 	// the foreground so the whole VM stays in our detached process group.
@@ -405,8 +461,13 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 	);
 	if (verbose) child.stdout?.pipe(process.stderr, { end: false });
 	if (child.pid !== undefined) liveGroups.add(child.pid);
-	const res = await child;
-	if (child.pid !== undefined) liveGroups.delete(child.pid);
+	let res: Awaited<typeof child>;
+	try {
+		res = await child;
+	} finally {
+		releaseTurn();
+		if (child.pid !== undefined) liveGroups.delete(child.pid);
+	}
 	const t1 = Date.now();
 	for (const f of created) if (!opts.keepDisks) fs.rmSync(f, { force: true });
 

@@ -373,3 +373,27 @@ t.test('persistent bitmaps: marked stale on write, leaks agreed with qemu-img an
 	await plugin.check(p, { repair: 'leaks' });
 	await judged(tt, p, expected, 'bitmap image after repair');
 });
+
+t.test('backing chain through a dscow image (raw <- dscow <- qcow2), written and read back', async (tt) => {
+	const { plugin: dscow } = await import('../../src/plugins/dscow/index.js');
+	const raw = join(dir, 'ds-base.raw');
+	const mid = join(dir, 'ds-mid.dscow');
+	const top = join(dir, 'ds-top.qcow2');
+	await qemuCreate(raw, 'raw', { size: 4 << 20 });
+	await qemuIo(raw, ['write -P 0x71 0 4M'], 'raw');
+	await dscow.create(mid, { base: raw, baseFormat: 'raw', blockSize: 16384 });
+	const expected = await readFile(raw);
+	const d = await BlockEngine.open(dscow, mid);
+	const patch1 = Buffer.alloc(50_000, 0x72);
+	await d.write(1_000_000, patch1);
+	patch1.copy(expected, 1_000_000);
+	await d.close();
+	await plugin.create(top, { base: mid, baseFormat: 'dscow', blockSize: 4096 });
+	await randomWrites(top, expected, 11, 60, 40_000);
+	const e = await BlockEngine.open(plugin, top, { readOnly: true });
+	tt.equal(e.image.devices.length, 3, 'qcow2 file, dscow file, raw base');
+	const got = await e.read(0, expected.length);
+	await e.close();
+	tt.equal(got.findIndex((b, i) => b !== expected[i]), -1, 'every byte as written');
+	tt.same((await plugin.check(top)).corruptions, [], 'dmu check: no corruption');
+});

@@ -10,7 +10,7 @@ import { execa } from 'execa';
 import t from 'tap';
 import { convert } from '../../src/convert/convert.js';
 import { loadPlugin } from '../../src/plugins/registry.js';
-import { dmuRaw, firstDiff, MiB, qemuImg, qemuImgStatus, qemuIo, qemuRaw, withTmp } from './convert-support.js';
+import { dmuRaw, firstDiff, qemuImg, qemuImgStatus, qemuIo, qemuRaw, withTmp } from './convert-support.js';
 
 const DMU = join(process.cwd(), 'dist/src/cli/dmu.js');
 const dmu = (...args: string[]) => execa('node', [DMU, ...args], { reject: false, timeout: 120_000 });

@@ -8,7 +8,7 @@ import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
 import { BlockEngine } from '../../src/plugins/engine.js';
-import { loadPlugin } from '../../src/plugins/registry.js';
+import { loadPlugin, probeFormat } from '../../src/plugins/registry.js';
 import { readMeta } from '../../src/plugins/vhd/meta.js';
 import { ImageFile } from '../../src/plugins/raw/io.js';
 import { dmuRaw, firstDiff, MiB, prng, qemuImg, qemuIo, qemuRaw, randomWrites, withTmp } from './convert-support.js';
@@ -27,6 +27,7 @@ for (const sub of ['fixed', 'dynamic']) {
 			t.equal(firstDiff(got, want), -1, 'same bytes as qemu');
 			const info = await (await loadPlugin('vhd')).info(img);
 			t.equal(info.details.subformat, sub);
+			t.equal((await probeFormat(img)).name, 'vhd', 'probed as vhd (fixed: by its last sector)');
 		}),
 	);
 }

@@ -4,14 +4,32 @@
  * disks, read-write. See layout.ts (format), meta.ts (validation),
  * image.ts (mapping), create.ts (new images).
  */
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { DmuError, isDmuError } from '../../errors.js';
 import { Backing, backingDisplayPath, resolveBackingPath } from '../raw/backing.js';
 import { ImageFile } from '../raw/io.js';
 import type { CheckResult, ImageInfo, OpenOptions, Plugin } from '../types.js';
 import { createVhd } from './create.js';
 import { VhdImage } from './image.js';
-import { BAT_UNUSED, COOKIE, DISK_DIFF, DISK_FIXED, parseFooter } from './layout.js';
+import { BAT_UNUSED, COOKIE, DISK_DIFF, DISK_FIXED, footerChecksumOk, parseFooter } from './layout.js';
 import { readMeta } from './meta.js';
+
+function fixedFooterAt(path: string): boolean {
+	let fd: number | undefined;
+	try {
+		fd = openSync(path, 'r');
+		const size = fstatSync(fd).size;
+		if (size < 1024) return false;
+		const b = Buffer.alloc(512);
+		readSync(fd, b, 0, 512, size - 512);
+		const f = parseFooter(b);
+		return f !== undefined && f.diskType === DISK_FIXED && footerChecksumOk(b);
+	} catch {
+		return false;
+	} finally {
+		if (fd !== undefined) closeSync(fd);
+	}
+}
 
 const TYPE_NAMES: Record<number, string> = { 2: 'fixed', 3: 'dynamic', 4: 'differencing' };
 
@@ -33,10 +51,11 @@ async function findParent(path: string, names: string[], opts: OpenOptions): Pro
 export const plugin: Plugin = {
 	name: 'vhd',
 
-	probe(header) {
-		// Dynamic disks start with a footer copy; fixed ones are only
-		// recognisable by their last sector, which a probe does not see.
-		return header.length >= 8 && header.toString('latin1', 0, 8) === COOKIE;
+	probe(header, path) {
+		// Dynamic disks start with a footer copy; a fixed disk only has its
+		// footer in the last sector, so look there too (once, synchronously).
+		if (header.length >= 8 && header.toString('latin1', 0, 8) === COOKIE) return true;
+		return fixedFooterAt(path);
 	},
 
 	create: createVhd,

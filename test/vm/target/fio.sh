@@ -3,6 +3,21 @@
 # on top (flushes become commits). Sourced after lib.sh.
 L=$DMU_OUT
 SZ=$((48 * 2048))	# 48 MiB = 12288 blocks of 4 KiB
+
+# noflush suspend with no daemon: the waiting bio is requeued, not failed,
+# and completes once a daemon answers after resume.
+dmsetup create nf --table "0 $SZ userspace nf 8 /dev/vda"
+blk /dev/mapper/nf 4k 3 >/tmp/nf-read &
+RD=$!
+wait_for bash -c "[ \$(dmsetup status nf | awk '{print \$6}') = 1 ]"
+check "noflush suspend with a pending bio and no daemon does not hang" timeout 30 dmsetup suspend --noflush nf
+check "noflush suspend requeued the bio instead of failing it" kill -0 $RD
+dmsetup resume nf
+start_resp nf $L/nf.log
+wait $RD
+check "requeued bio completes once a daemon answers" eq $? 0
+stop_resp
+dmsetup remove nf
 dmsetup create fio --table "0 $SZ userspace fio 8 2 max_mappings 4096 /dev/vda"
 start_resp fio $L/fio.log
 fio --name=rw --filename=/dev/mapper/fio --rw=randrw --bs=4k --direct=1 \

@@ -20,6 +20,7 @@
  * -D MS     wait MS milliseconds before answering each COMMIT.
  * -I B,C    send DMU_MSG_INVALIDATE for blocks [B, B+C) after opening.
  * -x N      first write N random messages; report how many were accepted.
+ * -G        after FEATURES (id 0), ask again with GET_FEATURES (id 77).
  * -V        before answering the first map request, send malformed
  *           answers to it (each must fail with EINVAL) and log the result.
  *
@@ -172,9 +173,9 @@ int main(int argc, char **argv)
 	long commit_delay = 0, fuzz_count = 0;
 	unsigned long long ib = 0, ic = 0;
 	static struct dmu_msg in[BATCH], out[BATCH];
-	int opt, checked = 0, do_validate = 0;
+	int opt, checked = 0, do_validate = 0, get_features = 0;
 
-	while ((opt = getopt(argc, argv, "m:l:D:I:x:V")) != -1) {
+	while ((opt = getopt(argc, argv, "m:l:D:I:x:VG")) != -1) {
 		switch (opt) {
 		case 'm':
 			mode = optarg;
@@ -197,8 +198,11 @@ int main(int argc, char **argv)
 		case 'V':
 			do_validate = 1;
 			break;
+		case 'G':
+			get_features = 1;
+			break;
 		default:
-			fprintf(stderr, "usage: %s [-m MODE] [-l LOG] [-D MS] [-I B,C] [-x N] [-V] DEV\n",
+			fprintf(stderr, "usage: %s [-m MODE] [-l LOG] [-D MS] [-I B,C] [-x N] [-V] [-G] DEV\n",
 				argv[0]);
 			return 2;
 		}
@@ -244,6 +248,13 @@ int main(int argc, char **argv)
 				if (fuzz_count) {
 					fuzz(fuzz_count);
 					fuzz_count = 0;
+				}
+				if (get_features) {
+					struct dmu_msg gf = { .type = DMU_MSG_GET_FEATURES,
+							      .id = 77 };
+
+					logmsg("get_features sent %d", send_msgs(&gf, 1));
+					get_features = 0;
 				}
 				if (ic) {
 					struct dmu_msg iv = { .type = DMU_MSG_INVALIDATE,

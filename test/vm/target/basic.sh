@@ -43,7 +43,9 @@ check "daemon gone: waiting" eq "$(st hm daemon)" waiting
 dd if=/dev/mapper/hm of=/dev/null bs=4k count=16 iflag=direct status=none
 check "remembered mappings serve without a daemon" eq "$(st hm misses)" $((16 + 256 + 8))
 # daemon-side invalidation, answered by INVALIDATE_DONE
-start_resp hm $L/hm2.log -I 0,16
+start_resp hm $L/hm2.log -I 0,16 -G
+wait_for grep -q '^features id=77' $L/hm2.log
+check "GET_FEATURES answered by FEATURES with its id" grep -q '^features id=77 nr_blocks=16384' $L/hm2.log
 wait_for grep -q '^inval_done 4242 0 16' $L/hm2.log
 check "INVALIDATE answered by INVALIDATE_DONE" grep -q '^inval_done 4242 0 16' $L/hm2.log
 check "daemon invalidate dropped the mappings" eq "$(st hm mapped)" $((256 - 0))

@@ -41,7 +41,7 @@ export interface ImageLock {
 }
 
 export async function lockImage(image: string, disk: string): Promise<ImageLock> {
-	let st;
+	let st: import('node:fs').BigIntStats;
 	try {
 		st = await stat(image, { bigint: true });
 	} catch (e) {

@@ -44,7 +44,7 @@ async function readAt(fh: FileHandle, len: number, pos: bigint): Promise<Buffer>
 
 /** Measure a base. Throws one line when it is missing or not a file/device. */
 export async function identify(path: string): Promise<BaseInfo> {
-	let st;
+	let st: import('node:fs').BigIntStats;
 	try {
 		st = await stat(path, { bigint: true });
 	} catch (e) {

@@ -13,7 +13,7 @@ import { execa } from 'execa';
 import { DmuError, isDmuError } from '../../errors.js';
 import type { CheckResult, ImageInfo, OpenOptions } from '../types.js';
 import { verify } from './base.js';
-import { Bitmap } from './bitmap.js';
+import type { Bitmap } from './bitmap.js';
 import { dataEnd, FLAG_CLEAN, HEADER_SIZE, hasMagic } from './layout.js';
 import { load, resolveBase } from './image.js';
 
@@ -31,7 +31,7 @@ export async function check(path: string, opts: { repair?: 'leaks' | 'all' } & O
 		const head = Buffer.alloc(HEADER_SIZE);
 		await fh.read(head, 0, HEADER_SIZE, 0);
 		if (!hasMagic(head)) throw new DmuError('DMU_ERR_BAD_IMAGE', `${path}: not a dscow image`);
-		let loaded;
+		let loaded: Awaited<ReturnType<typeof load>>;
 		try {
 			loaded = await load(fh, path);
 		} catch (e) {

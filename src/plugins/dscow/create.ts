@@ -30,7 +30,7 @@ export async function create(path: string, opts: CreateOptions): Promise<Header>
 	const header: Header = { version: VERSION, flags: FLAG_CLEAN, virtualSize: size, blockSize, ...g, basePath, base };
 	const buf = encodeHeader(header);
 
-	let fh;
+	let fh: import('node:fs/promises').FileHandle;
 	try {
 		fh = await open(path, 'wx');
 	} catch (e) {

@@ -4,6 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import {
@@ -46,6 +47,10 @@ e2fsck -fn /dev/mapper/smoke
 dmsetup remove smoke
 test ! -e /dev/mapper/smoke
 echo "$KVER" > $DMU_OUT/kver
+# /dev/vdb: a host file passed read-only
+test "$(blockdev --getro /dev/vdb)" = 1
+head -c 4 /dev/vdb | od -An -tx1 | grep -q 'ab ab ab ab'
+! dd if=/dev/zero of=/dev/vdb bs=4k count=1 oflag=direct 2>/dev/null
 `;
 
 t.test('kernel-problem filter (host only)', async (t) => {
@@ -78,11 +83,14 @@ for (const series of SERIES) {
 			t.fail(`no ${series} kernel in /boot (run .ci/install-deps)`);
 			return;
 		}
+		const roImg = path.join(os.tmpdir(), `dmu-smoke-ro-${process.pid}.img`);
+		fs.writeFileSync(roImg, Buffer.alloc(1 << 20, 0xab));
+		t.teardown(() => fs.rmSync(roImg, { force: true }));
 		const r = await runInVm({
 			kernel: series,
 			name: `smoke-${series}`,
 			script: DM_LINEAR_SCRIPT,
-			disks: [{ sizeMiB: 256 }],
+			disks: [{ sizeMiB: 256 }, { path: roImg, readOnly: true }],
 			keepDisks: true,
 			timeoutSec: 300,
 		});
@@ -105,6 +113,7 @@ for (const series of SERIES) {
 		fs.closeSync(fd);
 		fs.rmSync(img);
 		t.equal(magic.readUInt16LE(0), 0xef53, 'superblock sits 1 MiB into the disk (dm-linear offset)');
+		t.ok(fs.readFileSync(roImg).every((b) => b === 0xab), 'read-only disk unchanged');
 	});
 }
 

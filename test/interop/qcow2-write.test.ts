@@ -397,3 +397,27 @@ t.test('backing chain through a dscow image (raw <- dscow <- qcow2), written and
 	tt.equal(got.findIndex((b, i) => b !== expected[i]), -1, 'every byte as written');
 	tt.same((await plugin.check(top)).corruptions, [], 'dmu check: no corruption');
 });
+
+t.test('corrupt metadata met while writing marks the image corrupt; check -r all clears it', async (tt) => {
+	const p = join(dir, 'markcorrupt.qcow2');
+	await qemuCreate(p, 'qcow2', { size: 4 << 20, options: { cluster_size: 65536 } });
+	await qemuIo(p, ['write -P 0x31 0 64k', 'write -P 0x32 2M 64k']);
+	// The only L1 entry now points far past the end of the file.
+	const l1 = 3 * 65536; // qemu-img layout: header, refcount table, refcount block, L1
+	const bad = Buffer.alloc(8);
+	bad.writeBigUInt64BE((1n << 63n) | (1n << 40n));
+	await patch(p, l1, bad);
+	const img = await plugin.open(p);
+	const d = await img.map({ block: 1n, write: true, wholeBlock: true, roFault: false });
+	tt.same(d, { kind: 'error', errno: 5 }, 'write over a bad L2 pointer fails with EIO');
+	await img.close();
+	tt.equal((await plugin.info(p)).details.corrupt, true, 'corrupt bit set');
+	await tt.rejects(plugin.open(p), { code: 'DMU_ERR_BAD_IMAGE', message: /marked corrupt/ }, 'read-write open refused');
+	await (await plugin.open(p, { readOnly: true })).close();
+	tt.pass('read-only open still works');
+	await patch(p, l1, Buffer.alloc(8));
+	const r = await plugin.check(p, { repair: 'all' });
+	tt.ok(r.repaired.some((x) => /corrupt/.test(x)), 'repair clears the corrupt bit');
+	tt.equal((await qemuCheck(p)).corruptions, 0, 'qemu-img check: no corruption');
+	tt.equal((await plugin.info(p)).details.corrupt, false, 'corrupt bit clear');
+});

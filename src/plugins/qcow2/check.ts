@@ -29,10 +29,11 @@ export async function checkQcow2(path: string, opts: { repair?: 'leaks' | 'all' 
 			await p.tables.writeBack();
 			await p.refs.applyFrees();
 			await p.refs.writeBack();
-			if (opts.repair === 'all' && p.h.incompat & Incompat.dirty) {
-				p.h.incompat &= ~Incompat.dirty;
+			if (opts.repair === 'all' && p.h.incompat & (Incompat.dirty | Incompat.corrupt)) {
+				// Refcounts and flags now match the tables (repair refuses tables it cannot walk).
+				p.h.incompat &= ~(Incompat.dirty | Incompat.corrupt);
 				await writeHeaderFields(p.file, p.h);
-				repaired.push('dirty bit cleared');
+				repaired.push('dirty/corrupt bits cleared');
 			}
 		} finally {
 			await p.file.close();

@@ -173,6 +173,8 @@ export class Qcow2Image implements Image {
 	/** Scratch sectors of materialised clusters, until the cluster is written. */
 	#scratchOf = new Map<number, bigint>();
 	#lock: Promise<unknown> = Promise.resolve();
+	/** Metadata found corrupt: no more writes or metadata updates. */
+	#corrupt = false;
 
 	private constructor(p: OpenedParts, rw: boolean, backing: Backing | undefined, opts: OpenOptions) {
 		this.#p = p;
@@ -252,13 +254,25 @@ export class Qcow2Image implements Image {
 				return await this.#map(req);
 			} catch (e) {
 				if (e instanceof DmuError && e.code === 'DMU_ERR_BAD_IMAGE') {
-					// Corrupt metadata fails the I/O, not the daemon.
+					// Corrupt metadata fails the I/O, not the daemon; like QEMU, a
+					// writable image is marked corrupt and takes no more writes.
 					this.#log?.error({ block: String(req.block), err: e.message }, 'qcow2: corrupt metadata');
+					await this.#markCorrupt();
 					return { kind: 'error', errno: EIO };
 				}
 				throw e;
 			}
 		});
+	}
+
+	async #markCorrupt(): Promise<void> {
+		if (!this.#rw || this.#corrupt || this.#h.version !== 3) {
+			this.#corrupt = true;
+			return;
+		}
+		this.#corrupt = true;
+		this.#h.incompat |= Incompat.corrupt;
+		await writeHeaderFields(this.#p.file, this.#h).catch(() => undefined);
 	}
 
 	/** Look up guest cluster `b`. */
@@ -309,6 +323,7 @@ export class Qcow2Image implements Image {
 		const { cl, l1i, l2i } = await this.#lookup(b);
 		if (!req.write) return this.#read(b, cl);
 		if (!this.#rw) return { kind: 'error', errno: 30 }; // EROFS
+		if (this.#corrupt) return { kind: 'error', errno: EIO };
 
 		// A data cluster we own alone is written in place.
 		if (cl.kind === 'data') {
@@ -471,13 +486,21 @@ export class Qcow2Image implements Image {
 	commit(): Promise<void> {
 		return this.#serial(async () => {
 			if (!this.#rw) return;
+			const pending = this.#p.refs.dirty || this.#p.tables.dirty;
+			if (this.#corrupt && pending) {
+				// Writing more metadata into a corrupt image could spread the damage.
+				throw new DmuError('DMU_ERR_CORRUPT', `qcow2: ${this.#p.file.path}: image found corrupt, metadata not committed`);
+			}
 			if (this.#p.refs.dirty || this.#p.tables.dirty) await Qcow2Image.#flushParts(this.#p);
 		});
 	}
 
 	async close(): Promise<void> {
-		await this.commit();
-		await this.#backing?.close();
-		await this.#p.file.close();
+		try {
+			await this.commit();
+		} finally {
+			await this.#backing?.close();
+			await this.#p.file.close();
+		}
 	}
 }

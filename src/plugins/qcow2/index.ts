@@ -20,7 +20,12 @@ async function info(path: string, _opts?: OpenOptions): Promise<ImageInfo> {
 		const { h, tables } = p;
 		let allocated = 0n;
 		for (let i = 0; i < tables.l1.length; i++) {
-			const off = tables.l2Offset(i);
+			let off: number;
+			try {
+				off = tables.l2Offset(i);
+			} catch {
+				continue; // info describes corrupt images too; check reports the damage
+			}
 			if (!off) continue;
 			const t = await tables.l2(off);
 			for (let j = 0; j < h.l2Entries; j++) {

@@ -98,7 +98,12 @@ export class VmdkImage implements Image {
 			case 'compressed': {
 				const scratch = this.#p.scratch;
 				if (!scratch) return { kind: 'error', errno: EIO };
-				const data = await sp.readCompressed(g.sector);
+				let data: Buffer;
+				try {
+					data = await sp.readCompressed(g.sector);
+				} catch {
+					return { kind: 'error', errno: EIO }; // a damaged grain fails its reads, not the disk
+				}
 				return { kind: 'map', dev: scratch.dev, sector: await scratch.put(data), writable: false, temporary: true };
 			}
 			case 'zero':

@@ -128,7 +128,7 @@ const seeds = [
 	}),
 ];
 
-type Stats = { opened: number; refused: number; maps: number; errorsAnswered: number; mapRefusals: number; slowestMs: number; slowest: number };
+type Stats = { opened: number; refused: number; commitRefusals: number; maps: number; errorsAnswered: number; mapRefusals: number; slowestMs: number; slowest: number };
 
 /**
  * One mutant, from its own seed (so any failing iteration replays alone):
@@ -181,7 +181,9 @@ async function oneMutant(i: number, path: string, stats: Stats, failures: string
 		await img.close();
 	} catch (e) {
 		if (e instanceof DmuError) {
-			stats.refused++;
+			// Refused at open, or (an image found corrupt while mapping) at commit.
+			if (img) stats.commitRefusals++;
+			else stats.refused++;
 			if (e.message.includes('\n')) failures.push(`iteration ${i}: multi-line error: ${e.message}`);
 			await img?.close().catch(() => undefined);
 		} else {
@@ -198,7 +200,7 @@ async function oneMutant(i: number, path: string, stats: Stats, failures: string
 }
 
 t.test(`${ITERATIONS} mutated images open consistently or are refused`, async (tt) => {
-	const stats: Stats = { opened: 0, refused: 0, maps: 0, errorsAnswered: 0, mapRefusals: 0, slowestMs: 0, slowest: -1 };
+	const stats: Stats = { opened: 0, refused: 0, commitRefusals: 0, maps: 0, errorsAnswered: 0, mapRefusals: 0, slowestMs: 0, slowest: -1 };
 	const failures: string[] = [];
 	const started = Date.now();
 	// A few lanes overlap file I/O; each iteration is still deterministic.

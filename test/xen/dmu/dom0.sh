@@ -13,6 +13,8 @@
 # Env: DMU_LIBXLUTIL (dir with the patched libxlutil.so.4.17).
 set -u
 . "$DMU_HARNESS/dom0-lib.sh"
+# cowd's and dmu's own logs, for post-mortems.
+trap 'cp -r /var/log/dmu "$DMU_OUT/dmu-logs" 2>/dev/null' EXIT
 
 # --- helpers ---------------------------------------------------------------
 # check NAME CMD... : run CMD, record its status and output as step NAME.

@@ -128,3 +128,24 @@ t.test('convert errors are one clear line', (t) =>
 		t.match(r3.stderr, /subformat/);
 	}),
 );
+
+t.test('any to any: a round of conversions keeps the bytes', (t) =>
+	withTmp(async (dir) => {
+		const src = join(dir, 'start.raw');
+		await qemuImg('create', '-f', 'raw', src, '5M');
+		await qemuIo('raw', src, ['write -P 0x71 0 64k', 'write -P 0x72 1M 300k', 'write -P 0x73 5180416 4096']);
+		const want = await qemuRaw('raw', src, dir);
+		const chain = ['vhd', 'vmdk', 'qcow', 'qcow2', 'dscow', 'vhd', 'raw'];
+		let prev = src;
+		for (const [i, fmt] of chain.entries()) {
+			if (!(await available(fmt))) continue;
+			const dst = join(dir, `step${i}.${fmt}`);
+			await convert({ src: prev, dst, dstFormat: fmt });
+			const got = await dmuRaw(fmt, dst);
+			t.equal(firstDiff(got.subarray(0, want.length), want), -1, `${prev.split('/').pop()} -> ${fmt}`);
+			prev = dst;
+		}
+		const q = await qemuImgStatus('compare', '-f', 'raw', '-F', 'raw', src, prev);
+		t.equal(q.code, 0, 'the last raw equals the first');
+	}),
+);

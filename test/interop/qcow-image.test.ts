@@ -80,3 +80,24 @@ t.test('dmu-made qcow, plain and over a backing file, written by dmu', (t) =>
 		t.same((await qcow.check(child)).corruptions, []);
 	}),
 );
+
+t.test('backing loops and escapes are refused', (t) =>
+	withTmp(async (dir) => {
+		const qcow = await loadPlugin('qcow');
+		const a = join(dir, 'a.qcow');
+		const b = join(dir, 'b.qcow');
+		// a -> b -> a, written by qemu-img with -u (no checks).
+		await qemuImg('create', '-f', 'qcow', b, '1M');
+		await qemuImg('create', '-f', 'qcow', '-u', '-b', 'b.qcow', '-F', 'qcow', a, '1M');
+		await qemuImg('create', '-f', 'qcow', '-u', '-b', 'a.qcow', '-F', 'qcow', b, '1M');
+		await t.rejects(qcow.open(a, { readOnly: true }), { code: 'DMU_ERR_BACKING_LOOP' });
+		const self = join(dir, 'self.qcow');
+		await qemuImg('create', '-f', 'qcow', '-u', '-b', 'self.qcow', '-F', 'qcow', self, '1M');
+		await t.rejects(qcow.open(self, { readOnly: true }), { code: 'DMU_ERR_BACKING_LOOP' });
+		const esc = join(dir, 'esc.qcow');
+		await qemuImg('create', '-f', 'qcow', '-u', '-b', '/etc/passwd', '-F', 'raw', esc, '1M');
+		await t.rejects(qcow.open(esc, { readOnly: true }), { code: 'DMU_ERR_BACKING_PATH' }, 'a header cannot name /etc/passwd');
+		const ok = await qcow.open(esc, { readOnly: true, allowedRoots: ['/etc'] });
+		await ok.close();
+	}),
+);

@@ -109,7 +109,11 @@ check "fio data persisted across kill -9, takeover and detach" $FIO --verify_onl
 kill -TERM $CP; wait $CP
 
 # The seed's test plan: file-system load on the CoW disk.
-$TOOL -c /mnt/d/c.dscow /mnt/d/base.img >/dev/null
+# A roomier disk than the 48 MiB one above: 384 MiB base, random at its start, sparse after.
+truncate -s 384M /mnt/d/base2.img
+head -c $((16 * 1024 * 1024)) /dev/urandom | dd of=/mnt/d/base2.img conv=notrunc status=none
+sha256sum < /mnt/d/base2.img > /mnt/d/base2.sha
+$TOOL -c /mnt/d/c.dscow /mnt/d/base2.img >/dev/null
 start t3 /mnt/d/c.dscow
 test/fs/on-device.sh /dev/mapper/t3 > $DMU_OUT/fs.txt 2>&1
 while read -r line; do
@@ -120,5 +124,6 @@ while read -r line; do
 done < $DMU_OUT/fs.txt
 kill -TERM $CP; wait $CP
 check "base unchanged at the end" sha256sum -c --status <(sed 's|-$|/mnt/d/base.img|' /mnt/d/base.sha)
+check "second base unchanged after the fs load" sha256sum -c --status <(sed 's|-$|/mnt/d/base2.img|' /mnt/d/base2.sha)
 dmsetup status 2>/dev/null
 exit 0

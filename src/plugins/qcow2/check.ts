@@ -6,7 +6,7 @@
  * wrong refcounts and the "copied" flags (QEMU's rebuild).
  */
 import type { CheckResult, OpenOptions } from '../types.js';
-import { fixCopiedFlags, openParts, repairRefcounts, writeHeaderFields } from './image.js';
+import { fixCopiedFlags, openParts, repairRefcounts, writeHeaderFields } from './metadata.js';
 import { Incompat } from './layout.js';
 import { collectReferences } from './walk.js';
 

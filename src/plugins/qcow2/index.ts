@@ -3,7 +3,8 @@
  *
  * Files: layout.ts (on-disk format), file.ts (bounded I/O), tables.ts
  * (L1/L2 cache), refcount.ts (refcounts, allocator), compressed.ts,
- * walk.ts (references for check/repair), backing.ts, image.ts (map/commit),
+ * walk.ts (references for check/repair), metadata.ts (open + repair),
+ * backing.ts, image.ts (map/commit),
  * create.ts, check.ts. See README.md.
  */
 import { stat } from 'node:fs/promises';
@@ -11,7 +12,8 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import type { ImageInfo, OpenOptions, Plugin } from '../types.js';
 import { checkQcow2 } from './check.js';
 import { createQcow2 } from './create.js';
-import { Qcow2Image, openParts } from './image.js';
+import { Qcow2Image } from './image.js';
+import { openParts } from './metadata.js';
 import { COMPRESSED, Incompat, isQcow2, OFFSET_MASK, COMPAT_LAZY_REFCOUNTS } from './layout.js';
 
 async function info(path: string, _opts?: OpenOptions): Promise<ImageInfo> {

@@ -3,8 +3,7 @@
  * whole (a short read means a truncated, corrupt image), writes, sizes.
  * Shared by raw, vhd, vmdk and qcow (and any plugin that wants it).
  */
-import { type FileHandle, open, stat } from 'node:fs/promises';
-import { readFile } from 'node:fs/promises';
+import { type FileHandle, open, readFile, stat } from 'node:fs/promises';
 import { DmuError } from '../../errors.js';
 
 /** Bytes of a regular file or a block device (sysfs knows a device's size). */

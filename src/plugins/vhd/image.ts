@@ -13,7 +13,7 @@ import { DmuError } from '../../errors.js';
 import type { Backing } from '../raw/backing.js';
 import type { ImageFile } from '../raw/io.js';
 import type { Capabilities, Image, ImageDevice, MapDecision, MapRequest, ScratchArea } from '../types.js';
-import { BAT_UNUSED, DISK_DIFF, DISK_FIXED, type DynHeader, type Footer, FOOTER_SIZE, serializeFooter } from './layout.js';
+import { BAT_UNUSED, DISK_DIFF, DISK_FIXED, type DynHeader, type Footer, serializeFooter } from './layout.js';
 
 export interface VhdParts {
 	path: string;
@@ -195,4 +195,3 @@ export class VhdImage implements Image {
 	}
 }
 
-export { FOOTER_SIZE };

@@ -175,4 +175,3 @@ export const plugin: Plugin = {
 	},
 };
 
-export { parseFooter };

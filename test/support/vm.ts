@@ -301,7 +301,7 @@ async function waitForTurn(): Promise<() => void> {
 	ticketSeq++;
 	const mine = `${String(Date.now()).padStart(15, '0')}-${process.pid}-${ticketSeq}`;
 	const file = path.join(VM_QUEUE, mine);
-	fs.writeFileSync(file, '');
+	fs.writeFileSync(file, startTime(process.pid));
 	myTickets.add(file);
 	const release = (): void => {
 		myTickets.delete(file);
@@ -312,7 +312,7 @@ async function waitForTurn(): Promise<() => void> {
 			.readdirSync(VM_QUEUE)
 			.filter((n) => {
 				const pid = Number(n.split('-')[1]);
-				if (pid === process.pid || isAlive(pid)) return true;
+				if (pid === process.pid || isOwnerAlive(pid, readOr(path.join(VM_QUEUE, n), ''))) return true;
 				fs.rmSync(path.join(VM_QUEUE, n), { force: true });
 				return false;
 			})
@@ -322,6 +322,23 @@ async function waitForTurn(): Promise<() => void> {
 	}
 }
 let ticketSeq = 0;
+
+/** A process's start time (clock ticks since boot), from /proc; '' if it is gone. */
+function startTime(pid: number): string {
+	const stat = readOr(`/proc/${pid}/stat`, '');
+	// Field 22; the command name before it is in parentheses and may hold spaces.
+	return stat.slice(stat.lastIndexOf(') ') + 2).split(' ')[19] ?? '';
+}
+
+/**
+ * Whether a ticket's owner still runs: same pid and same start time, so a
+ * reused pid does not hold the queue forever. An empty ticket comes from an
+ * older harness that wrote none: pid liveness only.
+ */
+function isOwnerAlive(pid: number, ticketStart: string): boolean {
+	if (ticketStart.trim() === '') return isAlive(pid);
+	return startTime(pid) === ticketStart.trim();
+}
 
 function isAlive(pid: number): boolean {
 	if (!Number.isInteger(pid) || pid <= 0) return false;
@@ -398,7 +415,7 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 		let ro = false;
 		if ('sizeMiB' in d) {
 			file = path.join(outDir, `disk${i}.img`);
-			fs.writeFileSync(file, '');
+			fs.writeFileSync(file, startTime(process.pid));
 			fs.truncateSync(file, d.sizeMiB * 1024 * 1024);
 			created.push(file);
 		} else {

@@ -10,7 +10,7 @@ import { BlockEngine } from '../../src/plugins/engine.js';
 import { loadPlugin } from '../../src/plugins/registry.js';
 import { dmuRaw, firstDiff, prng, qemuImgStatus, randomWrites, withTmp } from './convert-support.js';
 
-t.test('raw with a partial last block: reads, writes, size kept', (t) =>
+t.test('raw of an odd size: reads, writes, size kept', (t) =>
 	withTmp(async (dir) => {
 		const raw = await loadPlugin('raw');
 		const path = join(dir, 'odd.raw');
@@ -21,7 +21,9 @@ t.test('raw with a partial last block: reads, writes, size kept', (t) =>
 		t.equal(firstDiff(await dmuRaw('raw', path), ref), -1, 'reads the file');
 		const eng = await BlockEngine.open(raw, path);
 		t.equal(eng.image.virtualSize, BigInt(size));
-		t.equal(eng.image.blockSize, 65536);
+		t.equal(eng.image.blockSize, 512, 'blocks shrink until the last one is whole');
+		const d = await eng.image.map({ block: BigInt(size / 512 - 1), write: false, wholeBlock: false, roFault: false });
+		t.same(d, { kind: 'map', dev: 0, sector: BigInt(size / 512 - 1), writable: true, durable: true }, 'last block inside the file');
 		await randomWrites(eng, ref, prng(1), 30, 70_000);
 		await eng.write(size - 1000, Buffer.alloc(1000, 0xee)); // inside the partial block
 		ref.fill(0xee, size - 1000);
@@ -42,6 +44,7 @@ t.test('raw create, info, read-only, refusals', (t) =>
 		await raw.create(path, { size: 8n * 1024n * 1024n });
 		const info = await raw.info(path);
 		t.equal(info.virtualSize, 8n * 1024n * 1024n);
+		t.equal(info.blockSize, 65536);
 		t.ok(info.actualSize < 1024n * 1024n, 'created sparse');
 		const ro = await raw.open(path, { readOnly: true });
 		t.same(await ro.map({ block: 0n, write: true, wholeBlock: false, roFault: false }), { kind: 'error', errno: 30 });

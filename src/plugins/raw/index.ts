@@ -1,36 +1,39 @@
 /**
  * raw: the disk is the file (or block device) itself. Every block maps in
  * place, so a raw disk costs one request per 64 KiB block and nothing
- * after. The last block may be partial (a size that is not a multiple of
- * 64 KiB): it is mapped in place too; I/O never goes past the disk's end.
+ * after. A size that is not a multiple of 64 KiB gets smaller blocks (the
+ * largest power of two dividing it): the kernel only takes mappings that
+ * lie wholly inside the device, so there is no partial last block.
  * Sizes are whole 512-byte sectors (a trailing partial sector is not part
  * of the disk, as with a loop device).
  */
 import { open, stat, truncate } from 'node:fs/promises';
 import { DmuError } from '../../errors.js';
 import type { CheckResult, Image, ImageInfo, MapDecision, MapRequest, OpenOptions, Plugin } from '../types.js';
-import { deviceSize } from './io.js';
+import { deviceSize, fitBlock } from './io.js';
 
 const BLOCK = 64 * 1024;
-const SECTORS_PER_BLOCK = BigInt(BLOCK / 512);
 
 class RawImage implements Image {
 	readonly format = 'raw';
-	readonly blockSize = BLOCK;
+	readonly blockSize: number;
 	readonly devices;
 	readonly capabilities;
+	#spb: bigint;
 	constructor(
 		readonly path: string,
 		readonly virtualSize: bigint,
 		readonly writable: boolean,
 	) {
+		this.blockSize = fitBlock(virtualSize, BLOCK);
+		this.#spb = BigInt(this.blockSize / 512);
 		this.devices = [{ path, writable }];
 		this.capabilities = { write: writable, flush: false, scratch: false };
 	}
 	async map(req: MapRequest): Promise<MapDecision> {
-		if (req.block < 0n || req.block * BigInt(BLOCK) >= this.virtualSize) return { kind: 'error', errno: 5 };
+		if (req.block < 0n || req.block * BigInt(this.blockSize) >= this.virtualSize) return { kind: 'error', errno: 5 };
 		if (req.write && !this.writable) return { kind: 'error', errno: 30 }; // EROFS
-		return { kind: 'map', dev: 0, sector: req.block * SECTORS_PER_BLOCK, writable: this.writable, durable: true };
+		return { kind: 'map', dev: 0, sector: req.block * this.#spb, writable: this.writable, durable: true };
 	}
 	async commit(): Promise<void> {}
 	async close(): Promise<void> {}
@@ -78,7 +81,7 @@ export const plugin: Plugin = {
 		return {
 			format: 'raw',
 			virtualSize: size & ~511n,
-			blockSize: BLOCK,
+			blockSize: fitBlock(size & ~511n, BLOCK),
 			actualSize: actual,
 			allocatedBlocks: (actual + BigInt(BLOCK) - 1n) / BigInt(BLOCK),
 			details: {},

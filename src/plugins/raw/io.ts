@@ -104,3 +104,15 @@ export function safeNumber(v: bigint, what: string, path: string): number {
 }
 
 export const badImage = (path: string, msg: string): DmuError => new DmuError('DMU_ERR_BAD_IMAGE', `${path}: ${msg}`);
+
+/**
+ * The largest power of two <= max dividing `size` (512 at least): the
+ * kernel target only accepts mappings that lie wholly inside a device, so
+ * formats whose data ends with the file (raw, fixed VHD, flat extents)
+ * must not have a partial last block.
+ */
+export function fitBlock(size: bigint, max: number): number {
+	let bs = max;
+	while (bs > 512 && size % BigInt(bs) !== 0n) bs /= 2;
+	return bs;
+}

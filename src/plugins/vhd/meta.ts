@@ -5,7 +5,7 @@
  * use, so a damaged or hostile image is refused, never followed.
  */
 import { DmuError } from '../../errors.js';
-import { badImage, type ImageFile } from '../raw/io.js';
+import { badImage, fitBlock, type ImageFile } from '../raw/io.js';
 import {
 	BAT_UNUSED,
 	DISK_DIFF,
@@ -69,7 +69,8 @@ export async function readMeta(file: ImageFile, force = false): Promise<VhdMeta>
 		if (virtualSize + 512n > fileSize) {
 			throw badImage(path, `fixed VHD of ${virtualSize} bytes but the file holds only ${fileSize - 512n}`);
 		}
-		return { footer, virtualSize, blockSize: FIXED_BLOCK, nextFree: fileSize, fileSize, tailFooterBad: false, parentNames: [] };
+		// No partial last block: the kernel wants mappings inside the file.
+		return { footer, virtualSize, blockSize: fitBlock(virtualSize, FIXED_BLOCK), nextFree: fileSize, fileSize, tailFooterBad: false, parentNames: [] };
 	}
 	if (footer.diskType !== DISK_DYNAMIC && footer.diskType !== DISK_DIFF) {
 		throw new DmuError('DMU_ERR_UNSUPPORTED', `${path}: VHD disk type ${footer.diskType} is not supported (fixed, dynamic, differencing are)`);

@@ -109,6 +109,10 @@ export async function openExtents(path: string, writable: boolean, opts: OpenOpt
 		// A block must never straddle two extents.
 		let bs = grain || FLAT_BLOCK;
 		const boundaries = extents.slice(0, -1).map((e) => e.start + e.size);
+		// A flat last extent must not end inside a block either: mappings lie
+		// wholly inside the file.
+		const lastExt = extents[extents.length - 1];
+		if (lastExt?.type === 'flat') boundaries.push(lastExt.start + lastExt.size);
 		while (bs > 512 && boundaries.some((b) => b % BigInt(bs) !== 0n)) bs /= 2;
 		if (grain && bs !== grain) throw new DmuError('DMU_ERR_UNSUPPORTED', `${path}: extent boundaries are not multiples of the grain size`);
 		return { desc, extents, devices, files, blockSize: bs, descriptorAt: { file, offset: 0n, space: Number.MAX_SAFE_INTEGER, text } };

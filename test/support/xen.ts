@@ -49,8 +49,10 @@ export interface XenResult {
 	outDir: string;
 	/** Console lines (Xen, dom0, guests) that show a kernel or hypervisor problem. */
 	kernelProblems: string[];
-	/** Wall time of the boot, including any wait for the VM lock. */
+	/** Wall time of the call, including any wait for the VM lock. */
 	durationMs: number;
+	/** Wall time of the VM alone: from taking the lock to QEMU's exit. */
+	vmMs: number;
 	/** Killed by the timeout. */
 	timedOut: boolean;
 	/** QEMU's own exit status (0 after dom0 powers off). */
@@ -212,11 +214,18 @@ export async function runInXen(opts: RunInXenOptions): Promise<XenResult> {
 	);
 
 	const consolePath = join(outDir, 'console.log');
+	const lockedAt = join(outDir, 'lock-acquired');
 	const start = Date.now();
 	const r = await execa(
 		'flock',
 		[
 			VM_LOCK,
+			// Note when the lock was taken (a fixed script; the file is $0), so the
+			// VM's own time can be told from the wait for other tests' VMs.
+			'sh',
+			'-c',
+			'date +%s%3N > "$0"; exec "$@"',
+			lockedAt,
 			// libxl kills a hotplug script after a fixed 40 s, and a PV dom0 under
 			// TCG spends ~0.3 s per exec: on a busy host the stock block script
 			// misses that bound. The VM holding the lock gets a larger CPU share.
@@ -235,7 +244,9 @@ export async function runInXen(opts: RunInXenOptions): Promise<XenResult> {
 	);
 	const qemuExitCode = r.exitCode ?? null;
 	if (r.stderr) await appendFile(consolePath, `\n[qemu stderr]\n${r.stderr}\n`);
-	const durationMs = Date.now() - start;
+	const end = Date.now();
+	const locked = Number((await readIfExists(lockedAt)).trim());
+	const vmMs = Number.isFinite(locked) && locked >= start ? end - locked : end - start;
 
 	const consoleText = await readIfExists(consolePath);
 	const rcText = (await readIfExists(join(outDir, 'exit-code'))).trim();
@@ -245,7 +256,8 @@ export async function runInXen(opts: RunInXenOptions): Promise<XenResult> {
 		console: consoleText,
 		outDir,
 		kernelProblems: await collectProblems(consoleText, outDir),
-		durationMs,
+		durationMs: end - start,
+		vmMs,
 		// timeout(1) exits 128+9 when it had to kill QEMU.
 		timedOut: qemuExitCode === 137,
 		qemuExitCode,

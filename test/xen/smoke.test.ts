@@ -83,7 +83,7 @@ const EXPECTED_STEPS = [
 
 t.test('Xen in QEMU: toolstack, paused guest, guest writing to a phy: disk', async (t) => {
 	const r = await runInXen({ name: 'smoke', script: DOM0_SCRIPT, domuScript: DOMU_SCRIPT, timeoutSec: 900 });
-	t.comment(`run dir ${r.outDir}, ${r.durationMs} ms (including any wait for the VM lock)`);
+	t.comment(`run dir ${r.outDir}: VM ${r.vmMs} ms, ${r.durationMs} ms with the wait for the VM lock`);
 	t.equal(r.timedOut, false, 'QEMU finished before the timeout');
 	t.equal(r.qemuExitCode, 0, 'QEMU exited after dom0 powered off');
 	t.equal(r.exitCode, 0, 'dom0 script exit status');

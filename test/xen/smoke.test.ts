@@ -4,6 +4,7 @@
  * cleanly, and a running guest writes to its disk and the data lands in
  * dom0's backing file. One boot for everything (a boot costs ~15 s of TCG).
  */
+import { readFile } from 'node:fs/promises';
 import t from 'tap';
 import { readSteps, runInXen } from '../support/xen.js';
 
@@ -102,7 +103,6 @@ t.test('Xen in QEMU: toolstack, paused guest, guest writing to a phy: disk', asy
 	const info = steps.find((x) => x.step === 'xl-info');
 	t.match(info?.detail ?? '', /xen_version : 4\.17/, 'xl info reports Xen 4.17');
 
-	const { readFile } = await import('node:fs/promises');
 	const writerLog = await readFile(`${r.outDir}/guest-console/guest-writer.log`, 'utf8').catch(() => '');
 	t.match(writerLog, /DMU-DOMU-DONE rc=0/, 'the guest ran its script and reported success');
 	t.same(r.kernelProblems, [], 'no kernel or hypervisor warnings');

@@ -163,7 +163,7 @@ export const plugin: Plugin = {
 				...(parent ? { backing: { path: backingDisplayPath(path, parent) } } : {}),
 				details: {
 					subformat: TYPE_NAMES[meta.footer.diskType] ?? String(meta.footer.diskType),
-					creator: meta.footer.creatorApp.replace(/\0/g, ''),
+					creator: meta.footer.creatorApp.replace(/\0/g, '').trim(),
 					currentSize: meta.footer.currentSize.toString(),
 					geometry: `${meta.footer.cylinders}/${meta.footer.heads}/${meta.footer.sectorsPerTrack}`,
 					uniqueId: meta.footer.uniqueId.toString('hex'),

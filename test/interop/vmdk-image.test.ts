@@ -7,6 +7,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
+import { convert } from '../../src/convert/convert.js';
 import { BlockEngine } from '../../src/plugins/engine.js';
 import { loadPlugin } from '../../src/plugins/registry.js';
 import { dmuRaw, firstDiff, MiB, prng, qemuImg, qemuImgStatus, qemuIo, qemuRaw, randomWrites, withTmp } from './convert-support.js';
@@ -34,6 +35,10 @@ t.test('qemu-made streamOptimized vmdk (compressed grains) reads the same, read-
 		await qemuImg('convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', src, img);
 		t.equal(firstDiff(await dmuRaw('vmdk', img), await qemuRaw('raw', src, dir)), -1, 'same bytes as the source');
 		await t.rejects((await loadPlugin('vmdk')).open(img), { code: 'DMU_ERR_READ_ONLY' });
+		// Conversion reads compressed grains through the in-memory scratch.
+		const out = join(dir, 'out.qcow');
+		await convert({ src: img, dst: out, dstFormat: 'qcow' });
+		t.equal((await qemuImgStatus('compare', '-f', 'raw', '-F', 'qcow', src, out)).code, 0, 'converted to qcow, qemu agrees');
 	}),
 );
 

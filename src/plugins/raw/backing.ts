@@ -137,7 +137,8 @@ export class Backing {
 
 	remember(sector: bigint, data: Buffer): void {
 		this.#captured.set(sector, data);
-		if (this.#captured.size > 64) {
+		// Only read back right after the map that stored it: a few suffice.
+		if (this.#captured.size > 8) {
 			const first = this.#captured.keys().next().value as bigint;
 			this.#captured.delete(first);
 		}

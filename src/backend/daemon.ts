@@ -13,10 +13,11 @@
  * restarting the daemon adopts them instead of disturbing running guests.
  * Only backend nodes written by dom0 are read; never a frontend's.
  */
-import { chmod, rm } from 'node:fs/promises';
+import { chmod, mkdir, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { isDmuError } from '../errors.js';
+import { DmuError, isDmuError } from '../errors.js';
 import { connect, type XenstoreClient } from '../xenstore/index.js';
 import { type BackendReply, type BackendRequest, backendSocket } from './backend-protocol.js';
 import { parseTargetSpec } from './target-spec.js';
@@ -52,11 +53,14 @@ export class Backend {
 
 	async start(): Promise<void> {
 		const sockPath = backendSocket();
+		await mkdir(dirname(sockPath), { recursive: true, mode: 0o755 });
 		await rm(sockPath, { force: true });
 		// Half-open: the client ends its side after the request, we still answer.
 		this.#server = createServer({ allowHalfOpen: true }, (s) => void this.#serve(s));
 		await new Promise<void>((resolve, reject) => {
-			this.#server!.once('error', reject);
+			this.#server!.once('error', (e) =>
+				reject(new DmuError('DMU_ERR_BACKEND', `cannot listen on ${sockPath}: ${(e as NodeJS.ErrnoException).code ?? e.message}`)),
+			);
 			this.#server!.listen(sockPath, () => resolve());
 		});
 		await chmod(sockPath, 0o600); // attach runs cowd as root: root only

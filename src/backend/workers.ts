@@ -9,7 +9,7 @@
  * a detach finds its cowd even when xenstore has already forgotten the disk.
  * Each cowd logs to /var/log/dmu/<name>.log (DMU_LOG_DIR).
  */
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -90,7 +90,7 @@ export async function startWorker(spec: TargetSpec, opts: AttachOptions): Promis
 	const fd = openSync(log, 'a');
 	// A plain detached spawn: cowd must outlive this process (the hotplug
 	// script exits as soon as the device is there).
-	let child;
+	let child: ChildProcess;
 	try {
 		child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', fd, fd] });
 	} finally {

@@ -20,7 +20,7 @@ export function reportAndExit(prog: string, e: unknown): never {
 }
 
 /** Run an async main(), mapping failures to exit codes. */
-export function runMain(prog: string, main: () => Promise<void | number>): void {
+export function runMain(prog: string, main: () => Promise<unknown>): void {
 	main().then(
 		(code) => {
 			if (typeof code === 'number') process.exitCode = code;

@@ -5,7 +5,7 @@
  * Built-ins are imported lazily so `dmu info x.vhd` does not load the qcow2
  * code. To add a format: one line in BUILTIN below.
  */
-import { open } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { DmuError } from '../errors.js';
@@ -70,7 +70,7 @@ export async function loadPlugin(nameOrPath: string): Promise<Plugin> {
 
 /** The first 4 KiB of a file (shorter for small files). */
 export async function readHeader(path: string): Promise<Buffer> {
-	let fh;
+	let fh: FileHandle;
 	try {
 		fh = await open(path, 'r');
 	} catch (e) {

@@ -1,0 +1,233 @@
+#!/bin/bash
+# Guest half of the benchmark suite (bench/suite/run.ts drives it through
+# test/support/vm.ts; see bench/README.md). Runs as root in the QEMU guest,
+# in the repo, with:
+#   KVER DMU_OUT            from the VM harness
+#   BASE_MIB                size of the base image at the start of /dev/vda (random data, written by the host)
+#   REGION_MIB              size of one cold region: every cold run gets never-touched blocks
+#   BLOCK_SECTORS           CoW block size for every system (dscow, dm-snapshot chunk, thin block, qcow2 cluster, nbdkit cow block)
+#   RUNTIME REPEAT          fio seconds per run (cap for cold runs), repetitions
+#   JOBS                    "name:rw:bs:iodepth ..."
+#   SYSTEMS                 "linear snapshot thin dscow qcow2 qemu-nbd nbdkit" (subset, in order)
+# /dev/vda layout: [0, BASE) base image | [BASE, BASE+COW) raw CoW area | rest: ext4 for image files.
+# A system that cannot be set up writes setup-failed-<sys>.txt and the run goes on.
+set -uo pipefail
+
+log() { echo "bench: $*"; }
+BS_BYTES=$((BLOCK_SECTORS * 512))
+BASE_S=$((BASE_MIB * 2048))
+COW_MIB=640
+COW_S=$((COW_MIB * 2048))
+DISK_S=$(blockdev --getsz /dev/vda)
+FS_OFF=$((BASE_S + COW_S))
+FS_S=$((DISK_S - FS_OFF))
+COWD="node dist/src/cli/cowd.js"
+ip link set lo up 2>/dev/null || true
+
+modprobe dm-mod
+modprobe dm-snapshot
+modprobe dm-thin-pool
+modprobe nbd nbds_max=4
+insmod "kernel/build/$KVER/dmu.ko"
+
+dmsetup create base --table "0 $BASE_S linear /dev/vda 0"
+dmsetup create cowarea --table "0 $COW_S linear /dev/vda $BASE_S"
+dmsetup create fsarea --table "0 $FS_S linear /dev/vda $FS_OFF"
+mkfs.ext4 -q -F -E nodiscard /dev/mapper/fsarea
+mkdir -p /mnt/s && mount /dev/mapper/fsarea /mnt/s
+export TMPDIR=/mnt/s
+
+fail() { # fail SYS MESSAGE: this peer could not be set up
+	log "SETUP FAILED $1: $2"
+	echo "$2" >"$DMU_OUT/setup-failed-$1.txt"
+}
+
+wait_dmu() { # wait_dmu NAME: device present and its daemon connected
+	for _ in $(seq 600); do
+		[ -b "/dev/mapper/$1" ] && [ "$(dmsetup status "$1" 2>/dev/null | awk '{print $12}')" = daemon=connected ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+wait_nbd() { # wait_nbd nbdN: connected and sized
+	for _ in $(seq 300); do
+		[ "$(cat "/sys/block/$1/size" 2>/dev/null || echo 0)" -gt 0 ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+CPID=""
+SRVPID=""
+# setup SYS: echo the device path on success.
+setup() {
+	case "$1" in
+	linear)
+		dmsetup create b-linear --table "0 $BASE_S linear /dev/mapper/base 0" || return 1
+		echo /dev/mapper/b-linear
+		;;
+	snapshot)
+		dd if=/dev/zero of=/dev/mapper/cowarea bs=4k count=1 oflag=direct status=none
+		dmsetup create b-snapshot --table "0 $BASE_S snapshot /dev/mapper/base /dev/mapper/cowarea P $BLOCK_SECTORS" || return 1
+		echo /dev/mapper/b-snapshot
+		;;
+	thin)
+		# metadata: first 64 MiB of the CoW area; data: the rest.
+		dmsetup create thinmeta --table "0 131072 linear /dev/mapper/cowarea 0" || return 1
+		dmsetup create thindata --table "0 $((COW_S - 131072)) linear /dev/mapper/cowarea 131072" || return 1
+		dd if=/dev/zero of=/dev/mapper/thinmeta bs=4k count=1 oflag=direct status=none
+		dmsetup create thinpool --table "0 $((COW_S - 131072)) thin-pool /dev/mapper/thinmeta /dev/mapper/thindata $BLOCK_SECTORS 0 1 skip_block_zeroing" || return 1
+		dmsetup message thinpool 0 "create_thin 0" || return 1
+		dmsetup create b-thin --table "0 $BASE_S thin /dev/mapper/thinpool 0 /dev/mapper/base" || return 1
+		echo /dev/mapper/b-thin
+		;;
+	dscow)
+		node dist/src/cli/dscow_tool.js -c /mnt/s/d.dscow /dev/mapper/base -b "$BS_BYTES" >"$DMU_OUT/dscow-create.txt" 2>&1 || return 1
+		$COWD -p dscow b-dscow /mnt/s/d.dscow >"$DMU_OUT/cowd-dscow.log" 2>&1 &
+		CPID=$!
+		wait_dmu b-dscow || return 1
+		echo /dev/mapper/b-dscow
+		;;
+	qcow2)
+		qemu-img create -q -f qcow2 -o cluster_size="$BS_BYTES" -b /dev/mapper/base -F raw /mnt/s/q.qcow2 >&2 || return 1
+		$COWD -p qcow2 b-qcow2 /mnt/s/q.qcow2 /dev/mapper/base -F raw >"$DMU_OUT/cowd-qcow2.log" 2>&1 &
+		CPID=$!
+		wait_dmu b-qcow2 || return 1
+		echo /dev/mapper/b-qcow2
+		;;
+	qemu-nbd)
+		qemu-img create -q -f qcow2 -o cluster_size="$BS_BYTES" -b /dev/mapper/base -F raw /mnt/s/n.qcow2 >&2 || return 1
+		# cache=none: O_DIRECT on the image, like dmu's direct-I/O loop devices (no guest page cache help).
+		qemu-nbd -c /dev/nbd0 -f qcow2 --cache=none --aio=native /mnt/s/n.qcow2 >&2 || return 1
+		wait_nbd nbd0 || return 1
+		echo /dev/nbd0
+		;;
+	nbdkit)
+		nbdkit -f -i 127.0.0.1 -p 10810 --filter=cow file /dev/mapper/base cow-block-size="$BS_BYTES" \
+			>"$DMU_OUT/nbdkit.log" 2>&1 &
+		SRVPID=$!
+		for _ in $(seq 100); do nbd-client -N '' 127.0.0.1 10810 /dev/nbd1 -b 4096 >&2 2>/dev/null && break; sleep 0.2; done
+		wait_nbd nbd1 || return 1
+		echo /dev/nbd1
+		;;
+	*) return 1 ;;
+	esac
+}
+
+teardown() {
+	case "$1" in
+	linear) dmsetup remove b-linear ;;
+	snapshot) dmsetup remove b-snapshot ;;
+	thin) dmsetup remove b-thin; dmsetup remove thinpool; dmsetup remove thindata; dmsetup remove thinmeta ;;
+	dscow | qcow2)
+		[ -n "$CPID" ] && { kill -TERM "$CPID"; wait "$CPID"; }
+		dmsetup remove "b-$1" 2>/dev/null
+		rm -f /mnt/s/d.dscow /mnt/s/q.qcow2
+		;;
+	qemu-nbd) qemu-nbd -d /dev/nbd0 >/dev/null; rm -f /mnt/s/n.qcow2 ;;
+	nbdkit) nbd-client -d /dev/nbd1 >/dev/null; [ -n "$SRVPID" ] && { kill -TERM "$SRVPID"; wait "$SRVPID"; } ;;
+	esac
+	CPID=""
+	SRVPID=""
+	return 0
+}
+
+region_mib=0 # next never-touched region, MiB from the start of the device
+next_region() { local r=$region_mib; region_mib=$((region_mib + REGION_MIB)); echo "$r"; }
+
+fio_run() { # fio_run DEV NAME RW BS IODEPTH OFFSET_MIB MODE OUT
+	local extra=()
+	# cold: one pass over never-touched blocks, capped at RUNTIME; warm: time based over the same blocks.
+	[ "$7" = warm ] && extra=(--time_based)
+	fio --name="$2" --filename="$1" --rw="$3" --bs="$4" --iodepth="$5" \
+		--direct=1 --ioengine=libaio --offset="$6M" --size="${REGION_MIB}M" \
+		--runtime="$RUNTIME" "${extra[@]}" --randrepeat=0 --eta=never \
+		--output-format=json --output="$8" >/dev/null 2>"$8.err"
+}
+
+for sys in $SYSTEMS; do
+	log "=== $sys"
+	t0=$(date +%s%N)
+	# Not in $(...): setup starts daemons whose pids teardown needs.
+	setup "$sys" >/tmp/dev.txt 2>"$DMU_OUT/setup-$sys.err"
+	dev=$(tail -1 /tmp/dev.txt)
+	if [ -z "$dev" ] || [ ! -b "$dev" ]; then
+		fail "$sys" "$(tail -3 "$DMU_OUT/setup-$sys.err" | tr '\n' ' ')"
+		teardown "$sys" 2>/dev/null
+		continue
+	fi
+	echo $((($(date +%s%N) - t0) / 1000000)) >"$DMU_OUT/setup-ms-$sys.txt"
+	region_mib=0
+	broken=""
+	for job in $JOBS; do
+		IFS=: read -r name rw bs qd <<<"$job"
+		for rep in $(seq "$REPEAT"); do
+			off=$(next_region)
+			for mode in cold warm; do
+				out="$DMU_OUT/fio-$sys-$name-$mode-$rep.json"
+				if ! fio_run "$dev" "$name" "$rw" "$bs" "$qd" "$off" "$mode" "$out"; then
+					broken="$name $mode rep $rep: $(tail -2 "$out.err" | tr '\n' ' ')"
+					break 3
+				fi
+			done
+		done
+		log "$sys $name done"
+	done
+	if [ -n "$broken" ]; then
+		fail "$sys" "fio failed: $broken"
+		teardown "$sys" 2>/dev/null
+		continue
+	fi
+	# Time to first byte of a cold read: one 4 KiB direct read of a never-touched block.
+	off=$(next_region)
+	for rep in $(seq "$REPEAT"); do
+		t0=$(date +%s%N)
+		dd if="$dev" of=/dev/null bs=4k count=1 skip=$(((off * 1048576 + rep * 4 * BS_BYTES) / 4096)) iflag=direct status=none
+		echo $((($(date +%s%N) - t0) / 1000)) >>"$DMU_OUT/ttfb-$sys.txt"
+	done
+	# Map requests per second cowd sustains: random 4 KiB reads at depth 32 over never-mapped blocks,
+	# counted by the target's miss counter.
+	case "$sys" in dscow | qcow2)
+		for rep in $(seq "$REPEAT"); do
+			off=$(next_region)
+			m0=$(dmsetup status "b-$sys" | awk '{print $5}')
+			t0=$(date +%s%N)
+			fio --name=maps --filename="$dev" --rw=randread --bs=4k --iodepth=32 --direct=1 --ioengine=libaio \
+				--offset="${off}M" --size="${REGION_MIB}M" --runtime="$RUNTIME" --randrepeat=0 --eta=never \
+				--output-format=json --output=/dev/null >/dev/null 2>&1
+			t1=$(date +%s%N)
+			m1=$(dmsetup status "b-$sys" | awk '{print $5}')
+			echo "$((m1 - m0)) $(((t1 - t0) / 1000000))" >>"$DMU_OUT/maps-$sys.txt"
+		done
+		dmsetup status "b-$sys" >"$DMU_OUT/status-$sys.txt"
+		;;
+	esac
+	teardown "$sys" || fail "$sys" "teardown failed"
+done
+
+# cowd's resident memory for a 1 TiB virtual dscow disk (sparse base and image on ext4).
+if [[ " $SYSTEMS " == *" dscow "* ]]; then
+	truncate -s 1T /mnt/s/big.base
+	if node dist/src/cli/dscow_tool.js -c /mnt/s/big.dscow /mnt/s/big.base -b "$BS_BYTES" >/dev/null 2>"$DMU_OUT/big.err"; then
+		$COWD -p dscow b-big /mnt/s/big.dscow >"$DMU_OUT/cowd-big.log" 2>&1 &
+		CPID=$!
+		if wait_dmu b-big; then
+			sleep 1
+			ps -o rss= -p "$CPID" | tr -d ' ' >"$DMU_OUT/rss-idle.txt"
+			fio --name=rss --filename=/dev/mapper/b-big --rw=randread --bs=4k --iodepth=32 --direct=1 --ioengine=libaio \
+				--runtime="$RUNTIME" --time_based --randrepeat=0 --eta=never --output=/dev/null >/dev/null 2>&1
+			ps -o rss= -p "$CPID" | tr -d ' ' >"$DMU_OUT/rss-load.txt"
+		else
+			fail rss "cowd did not attach the 1 TiB dscow"
+		fi
+		kill -TERM "$CPID"
+		wait "$CPID"
+		dmsetup remove b-big 2>/dev/null
+	else
+		fail rss "dscow_tool -c 1 TiB: $(tail -1 "$DMU_OUT/big.err")"
+	fi
+fi
+
+umount /mnt/s
+log done

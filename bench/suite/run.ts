@@ -118,6 +118,14 @@ runMain('bench', async () => {
 	fs.mkdirSync(outDir, { recursive: true });
 	const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dmu-bench-'));
 	const disk = path.join(tmp, 'scratch.img');
+	// An interrupted run must not leave a 2 GiB image behind. `once`: the VM
+	// harness's own listener re-raises the signal, which must then kill us.
+	for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+		process.once(sig, () => {
+			fs.rmSync(tmp, { recursive: true, force: true });
+			if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
+		});
+	}
 	try {
 		const totalMib = await makeDisk(disk, o.baseMib);
 		const perSystem = jobs.length * o.repeat * 2 * (o.runtime + 8) + (o.repeat + 1) * (o.runtime + 8) + 60;

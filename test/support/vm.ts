@@ -243,13 +243,14 @@ function killLive(): void {
 	}
 	liveGroups.clear();
 }
-/** Set once this process got SIGINT/SIGTERM/SIGHUP: no new VM starts after that. */
+/** Set once this process got SIGINT/SIGTERM/SIGHUP/SIGALRM: no new VM starts after that. */
 let interrupted = false;
 function installHandlers(): void {
 	if (handlersInstalled) return;
 	handlersInstalled = true;
 	process.on('exit', killLive);
-	for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+	// SIGALRM: what tap sends a test file that ran past its timeout.
+	for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGALRM'] as const) {
 		const onSig = (): void => {
 			interrupted = true;
 			killLive();
@@ -457,8 +458,11 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 			VM_LOCK,
 			'sh',
 			'-c',
-			'date +%s%3N > "$0"; exec "$@"',
+			// If this test process died (SIGKILL) while we waited for the
+			// lock, do not start a VM nobody waits for.
+			'kill -0 "$1" 2>/dev/null || exit 125; date +%s%3N > "$0"; shift; exec "$@"',
 			startedFile,
+			String(process.pid),
 			'timeout',
 			'--foreground',
 			'-s',

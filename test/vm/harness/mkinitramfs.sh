@@ -8,10 +8,11 @@ KVER=${1:?usage: mkinitramfs.sh KVER OUT.cpio.gz}
 OUT=${2:?usage: mkinitramfs.sh KVER OUT.cpio.gz}
 HERE=$(cd "$(dirname "$0")" && pwd)
 BUSYBOX=$(command -v busybox) || { echo "mkinitramfs: busybox not found (apt install busybox-static)" >&2; exit 1; }
-# A dynamically linked busybox would need the host's libc inside the initramfs.
-if ! file -L "$BUSYBOX" | grep -q 'statically linked'; then
-	[ -x /bin/busybox ] && file -L /bin/busybox | grep -q 'statically linked' && BUSYBOX=/bin/busybox ||
-		{ echo "mkinitramfs: $BUSYBOX is not static (apt install busybox-static)" >&2; exit 1; }
+# A dynamically linked busybox would need the host's libc inside the
+# initramfs (checked when file(1) is there; busybox-static is what we install).
+if command -v file >/dev/null && ! file -L "$BUSYBOX" | grep -q 'statically linked'; then
+	echo "mkinitramfs: $BUSYBOX is not static (apt install busybox-static)" >&2
+	exit 1
 fi
 [ -d "/lib/modules/$KVER" ] || { echo "mkinitramfs: /lib/modules/$KVER missing" >&2; exit 1; }
 

@@ -10,7 +10,7 @@ n=$(sed -n 's/.*dmu.guest=\([^ ]*\).*/\1/p' /proc/cmdline)
 [ -b /dev/xvda ] || { echo "no /dev/xvda"; exit 1; }
 
 if [ "$n" = io ]; then
-	count=${IO_COUNT:-80}
+	count=${IO_COUNT:-100}
 	echo "IO-START count=$count"
 	i=0
 	while [ $i -lt $count ]; do

@@ -41,7 +41,7 @@ const DOMU_MODULES = ['xen-blkfront'];
 /** Bump when the layout of a built image changes without its inputs changing. */
 const BUILD_FORMAT = 3;
 /** Boot dom0 and domUs from the unpacked ELF rather than the bzImage. */
-const BOOT_ELF_KERNEL = false;
+const BOOT_ELF_KERNEL = true;
 
 /** Compare dotted/dashed version strings numerically ("6.1.0-56" < "6.1.0-100"). */
 function compareVersions(a: string, b: string): number {

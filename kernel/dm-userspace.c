@@ -580,10 +580,20 @@ static void dmu_copy_done(int read_err, unsigned long write_err, void *context)
 	dmu_end_bios(&bios, EIO, false);
 }
 
+/*
+ * Does a whole block at @sector fit on device @dev? The size is read live,
+ * not taken from the constructor: image formats grow their file when they
+ * allocate, and the daemon grows the loop device (LOOP_SET_CAPACITY)
+ * before it hands out a mapping past the old end.
+ */
 static bool dmu_fits(struct dmu_target *t, u32 dev, u64 sector)
 {
-	return dev < t->nr_devs && sector <= t->dev_sectors[dev] &&
-		t->dev_sectors[dev] - sector >= t->block_sectors;
+	sector_t size;
+
+	if (dev >= t->nr_devs)
+		return false;
+	size = bdev_nr_sectors(t->devs[dev]->bdev);
+	return sector <= size && size - sector >= t->block_sectors;
 }
 
 static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)

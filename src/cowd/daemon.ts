@@ -33,6 +33,7 @@ import {
 import { type ImageLock, lockImage } from './lock.js';
 import { controlPath, keyOf, mapperPath, validateName } from './names.js';
 import { ScratchFile } from './scratch.js';
+import { DeviceCapacity } from './capacity.js';
 import { Worker } from './worker.js';
 
 export interface CowdOptions {
@@ -175,7 +176,9 @@ export class Cowd {
 					`device ${o.name} has ${ctl.features.nrDevs} devices of ${ctl.features.blockSectors * 512}-byte blocks; the image needs ${nrDevs} of ${image.blockSize}`,
 				);
 			}
-			this.#worker = new Worker(ctl, image, log);
+			const table = parseTable((await dmTable(o.name)) ?? '');
+			const capacity = table ? await DeviceCapacity.fromTable(table.devs) : undefined;
+			this.#worker = new Worker(ctl, image, log, capacity);
 			const end = this.#stopRequested ? 'stopped' : await this.#worker.run();
 			if (end === 'target-gone') log.warn('the dm device was removed under us');
 			await this.#shutdown();

@@ -11,6 +11,7 @@ import { commitDone, type DaemonMessage, type DmuMessage, mapReply } from '../ab
 import { MapFlag } from '../abi/constants.js';
 import { isDmuError } from '../errors.js';
 import type { Image, MapDecision } from '../plugins/types.js';
+import type { DeviceCapacity } from './capacity.js';
 import { toReply } from './reply.js';
 
 const EIO = 5;
@@ -33,6 +34,8 @@ export class Worker {
 		readonly ctl: ControlDevice,
 		readonly image: Image,
 		readonly log: Logger,
+		/** Grows loop devices under mappings past their end; none in tests without a kernel. */
+		readonly capacity?: DeviceCapacity,
 	) {}
 
 	async run(): Promise<WorkerEnd> {
@@ -86,6 +89,17 @@ export class Worker {
 					return mapReply({ id: m.id, block: m.block, flags: MapFlag.ERROR, error: EIO });
 				}
 				this.log.trace({ block: m.block, req, d }, 'map');
+				if (d.kind === 'map' && this.capacity) {
+					try {
+						const blockSectors = BigInt(this.image.blockSize / 512);
+						await this.capacity.ensure(d.dev, d.sector + blockSectors);
+						if (d.copyFrom) await this.capacity.ensure(d.copyFrom.dev, d.copyFrom.sector + blockSectors);
+					} catch (e) {
+						this.stats.errors++;
+						this.log.error({ block: m.block, err: (e as Error).message }, 'mapping does not fit its device: failing the I/O');
+						return mapReply({ id: m.id, block: m.block, flags: MapFlag.ERROR, error: EIO });
+					}
+				}
 				return toReply(m.id, m.block, d);
 			}
 			case MsgType.COMMIT: {

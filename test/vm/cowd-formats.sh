@@ -1,0 +1,74 @@
+# Image formats served by cowd through the real kernel target: for each of
+# qcow2, vhd (dynamic), vmdk (monolithicSparse) and qcow, an empty image made
+# by qemu-img is attached, gets an ext4 file system and files, is detached,
+# read by qemu-img (check where it can, convert to raw and compare files),
+# reattached, and checked again. These formats grow their file on every
+# allocation, so this also proves cowd grows the loop devices under them.
+set -uo pipefail
+export PATH=$PATH:/usr/sbin:/sbin
+RES=$DMU_OUT/results.txt
+: >"$RES"
+check() {
+	local name=$1
+	shift
+	if "$@"; then echo "ok - $name" >>"$RES"; else echo "not ok - $name # failed: $*" >>"$RES"; fi
+}
+attached() { dmsetup status "$1" 2>/dev/null | grep -q ' userspace '; }
+gone() { ! dmsetup info "$1" >/dev/null 2>&1; }
+wait_for() {
+	local i
+	for i in $(seq 300); do "$@" && return 0; sleep 0.1; done
+	return 1
+}
+modprobe dm-mod && modprobe loop && insmod "kernel/build/$KVER/dmu.ko" || exit 10
+W=/tmp/fmt
+mkdir -p $W/mnt
+COWD=
+attach() { # attach FORMAT NAME IMAGE
+	node dist/src/cli/cowd.js -p "$1" "$2" "$3" 2>>"$DMU_OUT/cowd-$2.log" &
+	COWD=$!
+	wait_for attached "$2"
+}
+detach() { # detach NAME
+	kill "$COWD" && wait "$COWD"
+	local rc=$?
+	wait_for gone "$1" && [ $rc -eq 0 ]
+}
+fill() { # fill DEV: ext4 with 12 files of 1 MiB, their sums in $W/sums
+	mkfs.ext4 -q -F "$1" && mount "$1" $W/mnt || return 1
+	for i in $(seq 12); do head -c 1M /dev/urandom >$W/mnt/f$i || return 1; done
+	(cd $W/mnt && sha256sum f*) >$W/sums
+	umount $W/mnt
+}
+same_files() { # same_files DEV
+	mount -o ro "$1" $W/mnt || return 1
+	(cd $W/mnt && sha256sum -c --quiet $W/sums)
+	local rc=$?
+	umount $W/mnt
+	return $rc
+}
+
+for spec in qcow2:qcow2: vpc:vhd:subformat=dynamic vmdk:vmdk: qcow:qcow:; do
+	qfmt=${spec%%:*}
+	rest=${spec#*:}
+	fmt=${rest%%:*}
+	opts=${rest#*:}
+	img=$W/disk.$fmt
+	name=fmt-$fmt
+	rm -f "$img" $W/raw
+	qemu-img create -q -f "$qfmt" ${opts:+-o "$opts"} "$img" 160M
+	check "$fmt: attach an empty image" attach "$fmt" $name "$img"
+	check "$fmt: mkfs.ext4 and 12 MiB of files" fill /dev/mapper/$name
+	check "$fmt: detach" detach $name
+	if [ "$qfmt" != vpc ]; then
+		check "$fmt: qemu-img check clean" qemu-img check -q -f "$qfmt" "$img"
+	fi
+	qemu-img convert -f "$qfmt" -O raw "$img" $W/raw
+	check "$fmt: qemu-img sees the same files" same_files $W/raw
+	check "$fmt: reattach" attach "$fmt" $name "$img"
+	check "$fmt: e2fsck clean after reattach" e2fsck -fn /dev/mapper/$name
+	check "$fmt: files intact after reattach" same_files /dev/mapper/$name
+	check "$fmt: final detach" detach $name
+	check "$fmt: no loop device left" test -z "$(losetup -a)"
+done
+exit 0

@@ -90,7 +90,7 @@ check "the new backend adopted the worker" wait_for grep -q '"adopted":\["dmu-xe
 
 check "remove succeeds" hot 5 51712 remove
 check "device removed" gone dmu-xen-5-51712
-check "no cowd left" bash -c '! pgrep -f dist/src/cli/cowd.js >/dev/null'
+check "no cowd left" bash -c '! pgrep -f "cli/[c]owd.js" >/dev/null'
 check "no loop device left" no_loops
 check "base still untouched" eq "$(sha256sum </tmp/base)" "$base_sum"
 

@@ -3,9 +3,9 @@
  * `dmu backend` and block-dmu run as libxl runs them over real dmu disks.
  * See test/vm/backend/backend.sh for the scenarios.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
+import { assertGuestResults, countChecks } from '../support/guest-results.js';
 import { guestKernels, REPO_ROOT, runInVm, vmCheck } from '../support/vm.js';
 import { buildShim } from '../support/xenstored.js';
 import { buildFor } from './target/run.js';
@@ -26,13 +26,5 @@ t.test('xenstored + dmu backend + block-dmu over real dmu disks', async (t) => {
 	});
 	t.comment(`VM ${r.durationMs} ms, run dir ${r.outDir}`);
 	vmCheck(t, r);
-	const res = path.join(r.outDir, 'results.txt');
-	const lines = fs.existsSync(res) ? fs.readFileSync(res, 'utf8').split('\n').filter(Boolean) : [];
-	for (const line of lines) {
-		const m = /^(not ok|ok) - (.*)$/.exec(line);
-		if (m?.[1] === 'ok') t.pass(m[2]!);
-		else if (m) t.fail(m[2]!, { detail: line });
-	}
-	const expected = fs.readFileSync(SCRIPT, 'utf8').split('\n').filter((l) => /^check /.test(l)).length;
-	t.equal(lines.length, expected, 'every check ran');
+	assertGuestResults(t, r.outDir, countChecks(SCRIPT));
 });

@@ -4,23 +4,8 @@
 # read by qemu-img (check where it can, convert to raw and compare files),
 # reattached, and checked again. These formats grow their file on every
 # allocation, so this also proves cowd grows the loop devices under them.
-set -uo pipefail
-export PATH=$PATH:/usr/sbin:/sbin
-RES=$DMU_OUT/results.txt
-: >"$RES"
-check() {
-	local name=$1
-	shift
-	if "$@"; then echo "ok - $name" >>"$RES"; else echo "not ok - $name # failed: $*" >>"$RES"; fi
-}
-attached() { dmsetup status "$1" 2>/dev/null | grep -q ' userspace '; }
-gone() { ! dmsetup info "$1" >/dev/null 2>&1; }
-wait_for() {
-	local i
-	for i in $(seq 300); do "$@" && return 0; sleep 0.1; done
-	return 1
-}
-modprobe dm-mod && modprobe loop && insmod "kernel/build/$KVER/dmu.ko" || exit 10
+source test/vm/lib/checks.sh
+load_dmu || exit 10
 W=/tmp/fmt
 mkdir -p $W/mnt
 COWD=

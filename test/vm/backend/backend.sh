@@ -3,26 +3,10 @@
 # block-dmu hotplug script run exactly as libxl would run them, over real
 # dmu disks (dm-userspace target + cowd + dscow). Results go to
 # $DMU_OUT/results.txt as "ok - NAME" / "not ok - NAME # detail".
-set -uo pipefail
-export PATH=/tmp/bin:$PATH:/usr/sbin:/sbin
-RES=$DMU_OUT/results.txt
-: >"$RES"
-check() {
-	local name=$1
-	shift
-	if "$@"; then echo "ok - $name" >>"$RES"; else echo "not ok - $name # failed: $*" >>"$RES"; fi
-}
-wait_for() {
-	local i
-	for i in $(seq 300); do "$@" && return 0; sleep 0.1; done
-	return 1
-}
-eq() { [ "$1" = "$2" ] || { echo "expected '$2', got '$1'" >&2; return 1; }; }
-fails() { ! "$@"; }
-gone() { ! dmsetup info "$1" >/dev/null 2>&1; }
-no_loops() { [ -z "$(losetup -a)" ]; }
+source test/vm/lib/checks.sh
+export PATH=/tmp/bin:$PATH
 
-modprobe dm-mod && modprobe loop && insmod "kernel/build/$KVER/dmu.ko" || exit 10
+load_dmu || exit 10
 mkdir -p /tmp/bin /tmp/scripts /tmp/xs
 printf '#!/bin/sh\nexec node %s/dist/src/cli/dmu.js "$@"\n' "$PWD" >/tmp/bin/dmu
 chmod +x /tmp/bin/dmu

@@ -1,0 +1,225 @@
+#!/usr/bin/env node
+/**
+ * Issue-6 benchmark: `dmu convert` against `qemu-img convert` on the same
+ * sparse image, host only. Cases: qcow2 -> raw, raw -> qcow2, vmdk -> qcow2.
+ * Ratio = qemu-img time / dmu time (> 1: dmu is faster); goal >= 1.0.
+ * Every output is checked with `qemu-img compare` against the source, so a
+ * fast but wrong convert fails the run. See README.md.
+ *
+ *   npm run build && node dist/bench/convert/run.js [--size-gib 4] [--repeat 3]
+ */
+import { randomFillSync } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import { execa } from 'execa';
+import { runMain } from '../../src/cli/run.js';
+import { DmuError } from '../../src/errors.js';
+
+const REPO_ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../..');
+const DMU = path.join(REPO_ROOT, 'dist/src/cli/dmu.js');
+const BLOCK = 64 * 1024;
+const GOAL = 1.0;
+
+const positive = (name: string) => (v: string) => {
+	const n = Number(v);
+	if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`);
+	return n;
+};
+
+const program = new Command('bench-convert')
+	.description('dmu convert vs qemu-img convert on one sparse image: qcow2->raw, raw->qcow2, vmdk->qcow2')
+	.option('--size-gib <n>', 'virtual size of the source image, GiB', positive('--size-gib'), 4)
+	.option('--fill <pct>', 'percent of 64 KiB blocks written with random data', positive('--fill'), 25)
+	.option('--repeat <n>', 'runs per case and tool (which tool goes first alternates)', positive('--repeat'), 3)
+	.option('--dir <dir>', 'work directory (default: a new one under the OS temp dir)')
+	.option('--keep', 'keep the work directory')
+	.showHelpAfterError()
+	.exitOverride();
+
+interface Opts {
+	sizeGib: number;
+	fill: number;
+	repeat: number;
+	dir?: string;
+	keep?: boolean;
+}
+
+interface Case {
+	name: string;
+	src: string; // file name in the work dir
+	from: string;
+	to: string;
+}
+
+const CASES: Case[] = [
+	{ name: 'qcow2 -> raw', src: 'src.qcow2', from: 'qcow2', to: 'raw' },
+	{ name: 'raw -> qcow2', src: 'src.raw', from: 'raw', to: 'qcow2' },
+	{ name: 'vmdk -> qcow2', src: 'src.vmdk', from: 'vmdk', to: 'qcow2' },
+];
+
+/** Deterministic PRNG (mulberry32) so every run lays out the same extents. */
+function prng(seed: number): () => number {
+	let a = seed >>> 0;
+	return () => {
+		a = (a + 0x6d2b79f5) >>> 0;
+		let t = a;
+		t = Math.imul(t ^ (t >>> 15), t | 1);
+		t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+		return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+	};
+}
+
+/**
+ * A sparse raw file: `fill`% of the 64 KiB blocks hold random bytes, in
+ * extents of 1..32 blocks at random places (like files scattered over a
+ * used filesystem), plus ~2% of blocks written with zeros (allocated in the
+ * file but reading as zero, as after a zeroing mkfs or a deleted file).
+ */
+function makeRaw(file: string, sizeGib: number, fillPct: number): { dataBlocks: number; zeroBlocks: number } {
+	const blocks = (sizeGib * 1024 * 1024 * 1024) / BLOCK;
+	const state = new Uint8Array(blocks); // 0 hole, 1 data, 2 written zeros
+	const rnd = prng(6);
+	const want = Math.floor((blocks * fillPct) / 100);
+	let data = 0;
+	while (data < want) {
+		const len = Math.min(1 + Math.floor(rnd() * 32), want - data);
+		const at = Math.floor(rnd() * (blocks - len));
+		for (let i = at; i < at + len; i++) {
+			if (state[i] === 0) {
+				state[i] = 1;
+				data++;
+			}
+		}
+	}
+	const wantZero = Math.floor(blocks / 50);
+	let zero = 0;
+	while (zero < wantZero) {
+		const len = Math.min(1 + Math.floor(rnd() * 64), wantZero - zero);
+		const at = Math.floor(rnd() * (blocks - len));
+		for (let i = at; i < at + len; i++) {
+			if (state[i] === 0) {
+				state[i] = 2;
+				zero++;
+			}
+		}
+	}
+	const fd = fs.openSync(file, 'w');
+	try {
+		fs.ftruncateSync(fd, blocks * BLOCK);
+		const buf = Buffer.alloc(BLOCK * 32);
+		const zeros = Buffer.alloc(BLOCK * 32);
+		for (let i = 0; i < blocks; ) {
+			const kind = state[i]!;
+			let j = i + 1;
+			while (j < blocks && j - i < 32 && state[j] === kind) j++;
+			if (kind !== 0) {
+				const n = (j - i) * BLOCK;
+				const b = kind === 1 ? randomFillSync(buf, 0, n) : zeros;
+				fs.writeSync(fd, b, 0, n, i * BLOCK);
+			}
+			i = j;
+		}
+	} finally {
+		fs.closeSync(fd);
+	}
+	return { dataBlocks: data, zeroBlocks: zero };
+}
+
+async function sh(cmd: string, args: string[]): Promise<void> {
+	const r = await execa(cmd, args, { reject: false, all: true });
+	if (r.exitCode !== 0) {
+		const last = (r.all ?? '').trim().split('\n').slice(-1)[0] ?? '';
+		throw new DmuError('DMU_ERR_BENCH_CMD', `${cmd} ${args.join(' ')} failed (exit ${r.exitCode}): ${last}`);
+	}
+}
+
+/** Drop the output's pages after the run so the next run does not start with a full page cache of dirty data. */
+async function timed(cmd: string, args: string[], dst: string): Promise<number> {
+	fs.rmSync(dst, { force: true });
+	await sh('sync', []);
+	const t0 = process.hrtime.bigint();
+	await sh(cmd, args);
+	return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+const median = (xs: number[]) => {
+	const s = [...xs].sort((a, b) => a - b);
+	const m = Math.floor(s.length / 2);
+	return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+runMain('bench-convert', async () => {
+	program.parse(process.argv);
+	const o = program.opts<Opts>();
+	if (o.fill > 100) throw new DmuError('DMU_ERR_BENCH_ARGS', '--fill must be a percentage (1..100)');
+	if (!fs.existsSync(DMU)) throw new DmuError('DMU_ERR_BENCH_BUILD', `${DMU} is missing: run npm run build`);
+	const dir = o.dir ? path.resolve(o.dir) : fs.mkdtempSync(path.join(os.tmpdir(), 'dmu-bench-convert-'));
+	fs.mkdirSync(dir, { recursive: true });
+	const f = (n: string) => path.join(dir, n);
+	const cleanup = () => {
+		if (!o.keep) fs.rmSync(dir, { recursive: true, force: true });
+	};
+	process.on('SIGINT', () => {
+		cleanup();
+		process.exit(130);
+	});
+	try {
+		const { stdout: uptime } = await execa('uptime');
+		process.stdout.write(`bench-convert: ${o.sizeGib} GiB, ${o.fill}% data, ${o.repeat} runs per tool; ${dir}\nload: ${uptime.trim()}\n`);
+		let t0 = Date.now();
+		const fill = makeRaw(f('src.raw'), o.sizeGib, o.fill);
+		await sh('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', f('src.raw'), f('src.qcow2')]);
+		await sh('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', f('src.raw'), f('src.vmdk')]);
+		process.stdout.write(
+			`source: ${fill.dataBlocks} data blocks + ${fill.zeroBlocks} zero-written blocks of 64 KiB, ` +
+				`qcow2 and vmdk made by qemu-img (${((Date.now() - t0) / 1000).toFixed(1)} s)\n\n`,
+		);
+
+		const results: { c: Case; qemu: number[]; dmu: number[] }[] = [];
+		for (const c of CASES) {
+			const src = f(c.src);
+			const dst = f(`out.${c.to}`);
+			const qemu: number[] = [];
+			const dmu: number[] = [];
+			const runQemu = async () => {
+				qemu.push(await timed('qemu-img', ['convert', '-f', c.from, '-O', c.to, src, dst], dst));
+				await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', c.to, f('src.raw'), dst]);
+			};
+			const runDmu = async () => {
+				dmu.push(await timed('node', [DMU, 'convert', '-f', c.from, '-O', c.to, src, dst], dst));
+				await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', c.to, f('src.raw'), dst]);
+			};
+			for (let i = 0; i < o.repeat; i++) {
+				if (i % 2 === 0) {
+					await runQemu();
+					await runDmu();
+				} else {
+					await runDmu();
+					await runQemu();
+				}
+				process.stdout.write(`${c.name} run ${i + 1}: qemu-img ${qemu[i]!.toFixed(2)} s, dmu ${dmu[i]!.toFixed(2)} s (both outputs compare equal)\n`);
+			}
+			fs.rmSync(dst, { force: true });
+			results.push({ c, qemu, dmu });
+		}
+
+		process.stdout.write(`\n${'case'.padEnd(15)}${'qemu-img s'.padStart(11)}${'dmu s'.padStart(9)}${'ratio'.padStart(8)}  goal >= ${GOAL.toFixed(1)}\n`);
+		let miss = 0;
+		for (const r of results) {
+			const q = median(r.qemu);
+			const d = median(r.dmu);
+			const ratio = q / d;
+			if (ratio < GOAL) miss++;
+			process.stdout.write(
+				`${r.c.name.padEnd(15)}${q.toFixed(2).padStart(11)}${d.toFixed(2).padStart(9)}${ratio.toFixed(2).padStart(8)}  ${ratio >= GOAL ? 'PASS' : 'MISS'}\n`,
+			);
+		}
+		const { stdout: up2 } = await execa('uptime');
+		process.stdout.write(`(medians of ${o.repeat}; ratio = qemu-img / dmu)\nload at the end: ${up2.trim()}\n`);
+		return miss === 0 ? 0 : 1;
+	} finally {
+		cleanup();
+	}
+});

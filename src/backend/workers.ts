@@ -87,6 +87,7 @@ export async function startWorker(spec: TargetSpec, opts: AttachOptions): Promis
 	const log = join(logDir(), `${name}.log`);
 	const args = [cowdCli, '-p', spec.format, name, spec.image, ...(spec.base ? [spec.base] : [])];
 	if (opts.readOnly) args.push('--read-only');
+	const logStart = (await stat(log).catch(() => undefined))?.size ?? 0;
 	const fd = openSync(log, 'a');
 	// A plain detached spawn: cowd must outlive this process (the hotplug
 	// script exits as soon as the device is there).
@@ -101,12 +102,13 @@ export async function startWorker(spec: TargetSpec, opts: AttachOptions): Promis
 	child.unref();
 	await writeFile(join(runDir(), `${name}.pid`), `${pid}\n`);
 	await writeFile(join(runDir(), `${name}.spec`), `${formatTargetSpec(spec)}\n`);
+	// Ready when this cowd logs that it serves (or took over) the device: a
+	// read of its log, no process start per poll. Under emulation, and in a
+	// Xen dom0 within libxl's 40 s hotplug limit, process starts are what
+	// costs.
 	const deadline = Date.now() + (opts.timeoutSec ?? 30) * 1000;
 	for (;;) {
-		if (await stat(dev).catch(() => undefined)) {
-			const r = await execa('dmsetup', ['status', name], { reject: false });
-			if (r.exitCode === 0 && / userspace /.test(r.stdout)) return dev;
-		}
+		if (await loggedReady(log, logStart, pid)) return dev;
 		if (!alive(pid)) {
 			await rm(join(runDir(), `${name}.pid`), { force: true });
 			throw new DmuError('DMU_ERR_ATTACH', `cannot attach ${name}: ${await logTail(log)} (log: ${log})`);
@@ -115,8 +117,23 @@ export async function startWorker(spec: TargetSpec, opts: AttachOptions): Promis
 			process.kill(pid, 'SIGTERM');
 			throw new DmuError('DMU_ERR_ATTACH', `cannot attach ${name}: ${dev} did not appear within ${opts.timeoutSec ?? 30} s (log: ${log})`);
 		}
-		await sleep(100);
+		await sleep(50);
 	}
+}
+
+/** Has cowd `pid` logged, since byte `from` of its log, that it serves its disk? */
+async function loggedReady(log: string, from: number, pid: number): Promise<boolean> {
+	const text = await readFile(log).catch(() => Buffer.alloc(0));
+	for (const line of text.subarray(from).toString('utf8').split('\n')) {
+		if (!line.includes(`"pid":${pid},`)) continue;
+		try {
+			const rec = JSON.parse(line) as { pid?: number; msg?: string };
+			if (rec.pid === pid && (rec.msg?.startsWith('serving ') || rec.msg === 'took over the running disk')) return true;
+		} catch {
+			// a line still being written
+		}
+	}
+	return false;
 }
 
 /** Stop the cowd serving `name` and wait for it; true if there was one. */

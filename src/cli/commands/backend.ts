@@ -21,5 +21,9 @@ export function register(program: Command): void {
 			await backend.start();
 			await new Promise<void>((resolve) => ac.signal.addEventListener('abort', () => resolve()));
 			log.info('backend stopping; workers keep running');
+			// Exit now rather than wait for every handle (a watch, a socket
+			// being answered) to drain: the workers are separate processes and
+			// nothing the daemon holds needs a clean close.
+			process.exit(0);
 		});
 }

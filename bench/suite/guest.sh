@@ -84,16 +84,16 @@ setup() {
 		;;
 	dscow)
 		node dist/src/cli/dscow_tool.js -c /mnt/s/d.dscow /dev/mapper/base -b "$BS_BYTES" >"$DMU_OUT/dscow-create.txt" 2>&1 || return 1
-		$COWD -p dscow b-dscow /mnt/s/d.dscow >"$DMU_OUT/cowd-dscow.log" 2>&1 &
+		$COWD -p dscow b-dscow /mnt/s/d.dscow /dev/mapper/base >"$DMU_OUT/cowd-dscow.log" 2>&1 &
 		CPID=$!
-		wait_dmu b-dscow || return 1
+		wait_dmu b-dscow || { tail -2 "$DMU_OUT/cowd-dscow.log" >&2; return 1; }
 		echo /dev/mapper/b-dscow
 		;;
 	qcow2)
 		qemu-img create -q -f qcow2 -o cluster_size="$BS_BYTES" -b /dev/mapper/base -F raw /mnt/s/q.qcow2 >&2 || return 1
 		$COWD -p qcow2 b-qcow2 /mnt/s/q.qcow2 /dev/mapper/base -F raw >"$DMU_OUT/cowd-qcow2.log" 2>&1 &
 		CPID=$!
-		wait_dmu b-qcow2 || return 1
+		wait_dmu b-qcow2 || { tail -2 "$DMU_OUT/cowd-qcow2.log" >&2; return 1; }
 		echo /dev/mapper/b-qcow2
 		;;
 	qemu-nbd)
@@ -210,7 +210,7 @@ done
 if [[ " $SYSTEMS " == *" dscow "* ]]; then
 	truncate -s 1T /mnt/s/big.base
 	if node dist/src/cli/dscow_tool.js -c /mnt/s/big.dscow /mnt/s/big.base -b "$BS_BYTES" >/dev/null 2>"$DMU_OUT/big.err"; then
-		$COWD -p dscow b-big /mnt/s/big.dscow >"$DMU_OUT/cowd-big.log" 2>&1 &
+		$COWD -p dscow b-big /mnt/s/big.dscow /mnt/s/big.base >"$DMU_OUT/cowd-big.log" 2>&1 &
 		CPID=$!
 		if wait_dmu b-big; then
 			sleep 1
@@ -219,7 +219,7 @@ if [[ " $SYSTEMS " == *" dscow "* ]]; then
 				--runtime="$RUNTIME" --time_based --randrepeat=0 --eta=never --output=/dev/null >/dev/null 2>&1
 			ps -o rss= -p "$CPID" | tr -d ' ' >"$DMU_OUT/rss-load.txt"
 		else
-			fail rss "cowd did not attach the 1 TiB dscow"
+			fail rss "cowd did not attach the 1 TiB dscow: $(tail -1 "$DMU_OUT/cowd-big.log")"
 		fi
 		kill -TERM "$CPID"
 		wait "$CPID"

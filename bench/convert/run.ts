@@ -175,7 +175,7 @@ runMain('bench-convert', async () => {
 	try {
 		const { stdout: uptime } = await execa('uptime');
 		process.stdout.write(`bench-convert: ${o.sizeGib} GiB, ${o.fill}% data, ${o.repeat} runs per tool; ${dir}\nload: ${uptime.trim()}\n`);
-		let t0 = Date.now();
+		const t0 = Date.now();
 		const fill = makeRaw(f('src.raw'), o.sizeGib, o.fill);
 		await sh('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', f('src.raw'), f('src.qcow2')]);
 		await sh('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', f('src.raw'), f('src.vmdk')]);

@@ -41,20 +41,25 @@ export class DeviceCapacity {
 	async ensure(dev: number, end: bigint): Promise<void> {
 		const d = this.devs[dev];
 		if (!d || end <= d.sectors) return; // out-of-range indexes are the kernel's to refuse
-		if (!d.growing) {
-			d.growing = (async () => {
-				if (d.loop) {
-					const r = await execa('losetup', ['--set-capacity', d.loop], { reject: false });
-					if (r.exitCode !== 0) throw new DmuError('DMU_ERR_LOOP', `losetup --set-capacity ${d.loop}: ${r.stderr.trim()}`);
-				}
-				d.sectors = await sectorsOf(d.majMin);
-			})().finally(() => {
-				d.growing = undefined;
-			});
+		// A refresh already running may have read the file's size before our
+		// allocation grew it: after waiting for it, refresh once more
+		// ourselves. A refresh we start sees the file as it is now.
+		for (;;) {
+			const ours = !d.growing;
+			if (ours) d.growing = this.#grow(d).finally(() => (d.growing = undefined));
+			await d.growing;
+			if (ours || end <= d.sectors) break;
 		}
-		await d.growing;
 		if (end > d.sectors) {
 			throw new DmuError('DMU_ERR_MAP_RANGE', `mapping ends at sector ${end} of device ${dev} (${d.majMin}), which has ${d.sectors}`);
 		}
+	}
+
+	async #grow(d: Dev): Promise<void> {
+		if (d.loop) {
+			const r = await execa('losetup', ['--set-capacity', d.loop], { reject: false });
+			if (r.exitCode !== 0) throw new DmuError('DMU_ERR_LOOP', `losetup --set-capacity ${d.loop}: ${r.stderr.trim()}`);
+		}
+		d.sectors = await sectorsOf(d.majMin);
 	}
 }

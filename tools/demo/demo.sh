@@ -43,6 +43,8 @@ detach() {
 	COWD=
 }
 
+modprobe loop 2>/dev/null || true
+
 step "a 256 MiB base image with an ext4 file system"
 truncate -s 256M "$work/base.img"
 mkfs.ext4 -q -F "$work/base.img"

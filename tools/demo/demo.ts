@@ -29,7 +29,7 @@ async function main(): Promise<number> {
 	const r = await runInVm({
 		kernel: '6.1',
 		name: 'demo',
-		script: `modprobe dm-mod && insmod kernel/build/$KVER/dmu.ko && bash ${script} 2>&1 | tee "$DMU_OUT/demo.txt"; exit \${PIPESTATUS[0]}`,
+		script: `modprobe dm-mod && modprobe loop && insmod kernel/build/$KVER/dmu.ko && bash ${script} 2>&1 | tee "$DMU_OUT/demo.txt"; exit \${PIPESTATUS[0]}`,
 		timeoutSec: 600,
 	});
 	const out = (await import('node:fs')).readFileSync(join(r.outDir, 'demo.txt'), { encoding: 'utf8', flag: 'a+' });

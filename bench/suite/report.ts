@@ -38,15 +38,19 @@ export interface SystemSpec {
 	kind: 'limit' | 'dmu' | 'peer';
 }
 
-/** In the order the guest runs them; dm-linear last, as its writes land on the base itself. */
+/**
+ * In the order the guest runs them. dm-linear first, so a run cut short
+ * still has its baseline; its writes land on the base itself, which only
+ * changes the bytes the later systems read, not how they read them.
+ */
 export const SYSTEMS: readonly SystemSpec[] = [
+	{ id: 'linear', label: 'dm-linear', kind: 'limit' },
 	{ id: 'dscow', label: 'dmu+dscow', kind: 'dmu' },
 	{ id: 'qcow2', label: 'dmu+qcow2', kind: 'dmu' },
 	{ id: 'snapshot', label: 'dm-snapshot', kind: 'peer' },
 	{ id: 'thin', label: 'dm-thin', kind: 'peer' },
 	{ id: 'qemu-nbd', label: 'qemu-nbd', kind: 'peer' },
 	{ id: 'nbdkit', label: 'nbdkit-cow', kind: 'peer' },
-	{ id: 'linear', label: 'dm-linear', kind: 'limit' },
 ];
 
 export function median(xs: readonly number[]): number {
@@ -122,11 +126,22 @@ export function collectSystem(
 	r.setupMs = Number(setup.trim());
 	for (const job of jobs) {
 		for (const mode of MODES) {
-			const runs = Array.from({ length: repeat }, (_, i) => {
-				const text = read(`fio-${sys.id}-${job.name}-${mode}-${i + 1}.json`);
-				if (text === undefined) throw new Error(`missing fio output ${sys.id} ${job.name} ${mode} rep ${i + 1}`);
-				return parseFio(text, job.rw);
-			});
+			const runs = [];
+			for (let i = 0; i < repeat; i++) {
+				const file = `fio-${sys.id}-${job.name}-${mode}-${i + 1}.json`;
+				const text = read(file);
+				// A missing or cut-short report means the run stopped under this system (VM killed, timeout).
+				if (text === undefined || text.trim() === '') {
+					r.failed = `incomplete: no fio output ${file} (the VM stopped during this system?)`;
+					return r;
+				}
+				try {
+					runs.push(parseFio(text, job.rw));
+				} catch (e) {
+					r.failed = `incomplete: unreadable fio output ${file}: ${(e as Error).message}`;
+					return r;
+				}
+			}
 			r.workloads[wkey(job.name, mode)] = {
 				bw: measure(runs.map((x) => x.bw)),
 				iops: measure(runs.map((x) => x.iops)),

@@ -17,8 +17,8 @@ import { Command, InvalidArgumentError } from 'commander';
 import { execa } from 'execa';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
-import { consoleTail, guestKernels, type KernelSeries, REPO_ROOT, runInVm } from '../../test/support/vm.js';
-import { collectSystem, markdown, SUITE_JOBS, type SuiteResults, SYSTEMS, svgChart } from './report.js';
+import { consoleTail, guestKernels, type KernelSeries, REPO_ROOT, runInVm, type VmResult } from '../../test/support/vm.js';
+import { collectSystem, markdown, SUITE_JOBS, type SuiteJob, type SuiteResults, SYSTEMS, type SystemSpec, svgChart } from './report.js';
 
 const positive = (name: string) => (v: string) => {
 	const n = Number(v);
@@ -40,6 +40,7 @@ const program = new Command('bench')
 	.option('--systems <ids>', `comma-separated subset of: ${SYSTEMS.map((s) => s.id).join(',')}`)
 	.option('--jobs <names>', `comma-separated subset of: ${SUITE_JOBS.map((j) => j.name).join(',')}`)
 	.option('--out <dir>', 'results folder (default bench/results/<time>/)')
+	.option('--from <runDir>', 'no VM: report again from the guest files of an earlier run (its raw/ folder or .cache/vm-runs/...)')
 	.addHelpText(
 		'after',
 		'\nTargets printed with PASS/MISS (dmu+dscow): warm >= 0.95x dm-linear; first-touch write >= 1.0x dm-snapshot\n' +
@@ -58,6 +59,7 @@ interface Opts {
 	systems?: string;
 	jobs?: string;
 	out?: string;
+	from?: string;
 }
 
 function pick<T extends { id?: string; name?: string }>(all: readonly T[], names: string | undefined, what: string): T[] {
@@ -85,6 +87,43 @@ async function makeDisk(file: string, baseMib: number): Promise<number> {
 	// Allocated up front, so no system pays for the host growing a sparse file.
 	await execa('fallocate', ['-l', `${totalMib}M`, file]);
 	return totalMib;
+}
+
+/** Make the scratch disk and run the guest script in one VM boot. */
+async function boot(o: Opts, kver: string, systems: SystemSpec[], jobs: SuiteJob[], disk: string): Promise<VmResult> {
+	const totalMib = await makeDisk(disk, o.baseMib);
+	const perSystem = jobs.length * o.repeat * 2 * (o.runtime + 8) + (o.repeat + 1) * (o.runtime + 8) + 60;
+	const timeoutSec = 240 + systems.length * perSystem + 120;
+	process.stdout.write(
+		`bench: ${kver}, ${systems.map((s) => s.label).join(', ')}; ${jobs.length} jobs x cold/warm x ${o.repeat}, ` +
+			`${o.runtime} s each, ${o.regionMib} MiB regions, ${o.blockKib} KiB blocks, ${totalMib} MiB scratch disk; ` +
+			`host load ${os.loadavg()[0]!.toFixed(2)}; VM bound ${timeoutSec} s\n`,
+	);
+	return runInVm({
+		kernel: o.kernel as KernelSeries,
+		name: 'bench-suite',
+		script: fs.readFileSync(path.join(REPO_ROOT, 'bench/suite/guest.sh'), 'utf8'),
+		disks: [{ path: disk }],
+		memMiB: 2048,
+		timeoutSec,
+		env: {
+			BASE_MIB: String(o.baseMib),
+			REGION_MIB: String(o.regionMib),
+			BLOCK_SECTORS: String(o.blockKib * 2),
+			RUNTIME: String(o.runtime),
+			REPEAT: String(o.repeat),
+			JOBS: jobs.map((j) => `${j.name}:${j.rw}:${j.bs}:${j.iodepth}`).join(' '),
+			SYSTEMS: systems.map((s) => s.id).join(' '),
+		},
+	});
+}
+
+/** The guest files of an earlier run, as if the VM had just finished. */
+function fromRunDir(dir: string): VmResult {
+	if (!fs.existsSync(dir) || !fs.readdirSync(dir).some((f) => f.startsWith('setup-'))) {
+		throw new DmuError('DMU_ERR_BENCH_ARGS', `--from ${dir}: no guest files of a bench run there`);
+	}
+	return { exitCode: 0, console: '', outDir: dir, kernelProblems: [], durationMs: 0, timedOut: false, timing: { lockWaitMs: 0, bootMs: -1 } };
 }
 
 runMain('bench', async () => {
@@ -127,31 +166,7 @@ runMain('bench', async () => {
 		});
 	}
 	try {
-		const totalMib = await makeDisk(disk, o.baseMib);
-		const perSystem = jobs.length * o.repeat * 2 * (o.runtime + 8) + (o.repeat + 1) * (o.runtime + 8) + 60;
-		const timeoutSec = 240 + systems.length * perSystem + 120;
-		process.stdout.write(
-			`bench: ${kernel.kver}, ${systems.map((s) => s.label).join(', ')}; ${jobs.length} jobs x cold/warm x ${o.repeat}, ` +
-				`${o.runtime} s each, ${o.regionMib} MiB regions, ${o.blockKib} KiB blocks, ${totalMib} MiB scratch disk; ` +
-				`host load ${os.loadavg()[0]!.toFixed(2)}; VM bound ${timeoutSec} s\n`,
-		);
-		const r = await runInVm({
-			kernel: o.kernel as KernelSeries,
-			name: 'bench-suite',
-			script: fs.readFileSync(path.join(REPO_ROOT, 'bench/suite/guest.sh'), 'utf8'),
-			disks: [{ path: disk }],
-			memMiB: 2048,
-			timeoutSec,
-			env: {
-				BASE_MIB: String(o.baseMib),
-				REGION_MIB: String(o.regionMib),
-				BLOCK_SECTORS: String(o.blockKib * 2),
-				RUNTIME: String(o.runtime),
-				REPEAT: String(o.repeat),
-				JOBS: jobs.map((j) => `${j.name}:${j.rw}:${j.bs}:${j.iodepth}`).join(' '),
-				SYSTEMS: systems.map((s) => s.id).join(' '),
-			},
-		});
+		const r = o.from ? fromRunDir(o.from) : await boot(o, kernel.kver, systems, jobs, disk);
 		if (r.kernelProblems.length > 0) process.stderr.write(`bench: kernel problems:\n${r.kernelProblems.join('\n')}\n`);
 		const read = (f: string) => {
 			const p = path.join(r.outDir, f);

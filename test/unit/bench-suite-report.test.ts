@@ -92,10 +92,15 @@ t.test('collectSystem takes medians of the repetitions from fio JSON', async (t)
 	t.equal(dscow.setupMs, 1234);
 });
 
-t.test('a missing fio file is an error, not a zero', async (t) => {
+t.test('a missing or empty fio file marks the system incomplete, not zero', async (t) => {
 	const files = guestFiles(FACTORS);
 	files.delete('fio-thin-seq-write-cold-2.json');
-	t.throws(() => results(files), /missing fio output thin seq-write cold rep 2/);
+	files.set('fio-nbdkit-rand-read-qd32-warm-3.json', '');
+	const res = results(files);
+	t.match(res.systems.find((s) => s.id === 'thin')!.failed, /incomplete: no fio output fio-thin-seq-write-cold-2\.json/);
+	t.match(res.systems.find((s) => s.id === 'nbdkit')!.failed, /incomplete: no fio output fio-nbdkit-rand-read-qd32-warm-3\.json/);
+	t.notOk(res.systems.find((s) => s.id === 'dscow')!.failed);
+	t.match(markdown(res, JOBS), /\*\*FAILED: dm-thin\*\* — incomplete/);
 });
 
 t.test('ratio table: against dm-linear and the best peer', async (t) => {

@@ -58,7 +58,14 @@ export class Worker {
 
 	async #serve(msgs: DmuMessage[]): Promise<void> {
 		this.stats.batches++;
-		const replies = (await Promise.all(msgs.map((m) => this.#handle(m)))).filter((r): r is DaemonMessage => r !== undefined);
+		// One plugin call at a time: not every format serialises its own
+		// allocations (two concurrent writes to new blocks could be given the
+		// same place in the file), and answers still go back in one batch.
+		const replies: DaemonMessage[] = [];
+		for (const m of msgs) {
+			const r = await this.#handle(m);
+			if (r) replies.push(r);
+		}
 		if (replies.length === 0) return;
 		try {
 			await this.ctl.writeBatch(replies);

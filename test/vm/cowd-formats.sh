@@ -45,7 +45,7 @@ for spec in qcow2:qcow2: vpc:vhd:subformat=dynamic vmdk:vmdk: qcow:qcow:; do
 	check "$fmt: attach an empty image" attach "$fmt" $name "$img"
 	check "$fmt: mkfs.ext4 and 12 MiB of files" fill /dev/mapper/$name
 	check "$fmt: detach" detach $name
-	if [ "$qfmt" != vpc ]; then
+	if [ "$qfmt" != vpc ] && [ "$qfmt" != qcow ]; then # qemu-img cannot check these
 		check "$fmt: qemu-img check clean" qemu-img check -q -f "$qfmt" "$img"
 	fi
 	qemu-img convert -f "$qfmt" -O raw "$img" $W/raw

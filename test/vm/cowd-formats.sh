@@ -1,5 +1,5 @@
 # Image formats served by cowd through the real kernel target: for each of
-# qcow2, vhd (dynamic), vmdk (monolithicSparse) and qcow, an empty image made
+# qcow2, vhd (dynamic) and vmdk (monolithicSparse), an empty image made
 # by qemu-img is attached, gets an ext4 file system and files, is detached,
 # read by qemu-img (check where it can, convert to raw and compare files),
 # reattached, and checked again. These formats grow their file on every
@@ -33,7 +33,9 @@ same_files() { # same_files DEV
 	return $rc
 }
 
-for spec in qcow2:qcow2: vpc:vhd:subformat=dynamic vmdk:vmdk: qcow:qcow:; do
+# qcow (v1) is covered on the host only: its fixed 4 KiB clusters make an
+# ext4 fill through the kernel take many minutes under emulation.
+for spec in qcow2:qcow2: vpc:vhd:subformat=dynamic vmdk:vmdk:; do
 	qfmt=${spec%%:*}
 	rest=${spec#*:}
 	fmt=${rest%%:*}
@@ -45,7 +47,7 @@ for spec in qcow2:qcow2: vpc:vhd:subformat=dynamic vmdk:vmdk: qcow:qcow:; do
 	check "$fmt: attach an empty image" attach "$fmt" $name "$img"
 	check "$fmt: mkfs.ext4 and 12 MiB of files" fill /dev/mapper/$name
 	check "$fmt: detach" detach $name
-	if [ "$qfmt" != vpc ] && [ "$qfmt" != qcow ]; then # qemu-img cannot check these
+	if [ "$qfmt" != vpc ]; then # qemu-img cannot check vhd
 		check "$fmt: qemu-img check clean" qemu-img check -q -f "$qfmt" "$img"
 	fi
 	qemu-img convert -f "$qfmt" -O raw "$img" $W/raw

@@ -53,6 +53,37 @@ for (const sub of ['fixed', 'dynamic']) {
 	);
 }
 
+t.test('new blocks never share a page with metadata (kernel writes data with direct I/O)', (t) =>
+	withTmp(async (dir) => {
+		// qemu puts its first block right after the BAT, at no page boundary.
+		const img = join(dir, 'q.vhd');
+		await qemuImg('create', '-f', 'vpc', '-o', 'subformat=dynamic', img, '16M');
+		const vhd = await loadPlugin('vhd');
+		const f = await ImageFile.open(img, false);
+		const meta = await readMeta(f);
+		await f.close();
+		const batEnd = Number((meta.header?.tableOffset ?? 0n) + BigInt((meta.header?.maxTableEntries ?? 0) * 4));
+		const image = await vhd.open(img, {});
+		const bs = image.blockSize;
+		let metaEnd = batEnd;
+		for (const block of [3n, 0n, 5n]) {
+			const d = await image.map({ block, write: true, wholeBlock: false, roFault: false });
+			t.equal(d.kind, 'map', `block ${block} allocated`);
+			if (d.kind !== 'map') continue;
+			const data = Number(d.sector) * 512;
+			t.equal(data % 4096, 0, `block ${block}: data starts a page`);
+			const bitmapPage = Math.floor((data - 512) / 4096) * 4096;
+			t.ok(bitmapPage >= metaEnd, `block ${block}: its bitmap's page holds nothing before it (${bitmapPage} >= ${metaEnd})`);
+			metaEnd = data + bs;
+		}
+		await image.close();
+		const out = await qemuImg('convert', '-f', 'vpc', '-O', 'raw', img, join(dir, 'q.raw'));
+		t.equal(out, '', 'qemu still opens and reads the image');
+		const chk = await vhd.check(img);
+		t.same(chk.corruptions, [], 'dmu check is clean');
+	}),
+);
+
 t.test('differencing vhd: parent chain, writes, partial sector bitmaps', (t) =>
 	withTmp(async (dir) => {
 		const base = join(dir, 'base.vhd');

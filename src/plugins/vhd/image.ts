@@ -11,6 +11,7 @@
  */
 import { DmuError } from '../../errors.js';
 import type { Backing } from '../raw/backing.js';
+import { alignUp, PAGE } from '../page.js';
 import type { ImageFile } from '../raw/io.js';
 import type { Capabilities, Image, ImageDevice, MapDecision, MapRequest, ScratchArea } from '../types.js';
 import { BAT_UNUSED, DISK_DIFF, DISK_FIXED, type DynHeader, type Footer, serializeFooter } from './layout.js';
@@ -155,10 +156,19 @@ export class VhdImage implements Image {
 		this.#dirty = true;
 	}
 
-	/** A new block at the end of the file; returns its data sector. */
+	/**
+	 * A new block at the end of the file; returns its data sector.
+	 *
+	 * Data and metadata never share a page (see ../page.ts): the bitmap's
+	 * page holds nothing of an earlier block and the data starts a page of
+	 * its own. The gap costs under 8 KiB per 2 MiB block; VHD allows any
+	 * sector-aligned block offset (the old trailing footer stays in the
+	 * gap, unreferenced).
+	 */
 	async #allocate(b: number): Promise<bigint> {
 		const p = this.#p;
-		const at = p.nextFree;
+		const bitmapPage = alignUp(p.nextFree, PAGE);
+		const at = alignUp(bitmapPage + BigInt(this.#bitmapBytes), PAGE) - BigInt(this.#bitmapBytes);
 		const sector = at / 512n;
 		if (sector > 0xfffffffen) throw new DmuError('DMU_ERR_FULL', `${p.path}: the VHD is full (block offsets are 32-bit sectors)`);
 		const bm = Buffer.alloc(this.#bitmapBytes, 0xff);

@@ -8,6 +8,7 @@
  */
 import { inflateSync } from 'node:zlib';
 import { DmuError } from '../../errors.js';
+import { alignUp, PAGE } from '../page.js';
 import { badImage, type ImageFile } from '../raw/io.js';
 import {
 	FLAG_COMPRESS,
@@ -208,9 +209,11 @@ export class SparseExtent {
 		const gsz = this.header.grainSize;
 		// Make sure both tables exist before placing the grain after them.
 		await this.#ensureTables(gdi);
-		const sector = this.nextSector;
+		// The grain starts a page of its own: tables written through the
+		// page cache must not share a page with data (see ../page.ts).
+		const sector = alignUp(this.nextSector, PAGE / 512n);
 		if (sector + gsz > 0xffffffffn) throw new DmuError('DMU_ERR_FULL', `${this.file.path}: the VMDK extent is full (32-bit grain offsets)`);
-		this.nextSector += gsz;
+		this.nextSector = sector + gsz;
 		// Extend the file first: the grain must exist (and read as zeros)
 		// before anyone writes part of it.
 		await this.file.truncate(this.nextSector * 512n);

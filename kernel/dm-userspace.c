@@ -96,10 +96,21 @@ struct dmu_inval {
 	struct completion *done;	/* dmsetup message waits on this */
 };
 
-/* Per-bio data (ti->per_io_data_size): the hit path allocates nothing. */
+/*
+ * Most blocks one bio may span (the target's max_io_len): a bio over a
+ * contiguous run of remembered blocks is remapped whole, like dm-linear,
+ * and holds a reference on each mapping of the run.
+ */
+#define DMU_BIO_BLOCKS_MAX 32
+
+/*
+ * Per-bio data (ti->per_io_data_size, 264 bytes): the hit path allocates
+ * nothing.
+ */
 struct dmu_per_bio {
-	struct dmu_mapping *m;		/* reference dropped in end_io */
+	unsigned int nr_m;		/* references in m[] */
 	unsigned int flags;
+	struct dmu_mapping *m[DMU_BIO_BLOCKS_MAX]; /* put in end_io */
 };
 
 #define DMU_PB_REMAPPED	(1U << 0)	/* release: submit as is */
@@ -372,7 +383,8 @@ again:
 			goto out_unlock;
 		}
 		refcount_inc(&m->ref);
-		pb->m = m;
+		pb->m[0] = m;
+		pb->nr_m = 1;
 		dev = m->dev;
 		sector = m->sector;
 		spin_unlock_irqrestore(&t->lock, flags);
@@ -423,6 +435,82 @@ out:
 	if (newp)
 		mempool_free(newp, dmu_pending_pool);
 	return r;
+}
+
+/*
+ * Remap @bio, which spans @nr blocks from @first, in one piece if every
+ * block is remembered, none has a request in flight, and the mappings
+ * are contiguous on one device (as a run allocated in order or an
+ * identity map is): the common warm case then costs one clone, not one
+ * per block. Zero mappings, read-only mappings under a write and
+ * uncommitted mappings under FUA take the per-block path. Lock held.
+ */
+static bool __dmu_remap_run(struct dmu_target *t, struct bio *bio, u64 first,
+			    unsigned int nr)
+{
+	struct dmu_per_bio *pb = dmu_pb(bio);
+	bool write = bio_data_dir(bio) == WRITE;
+	bool fua = write && (bio->bi_opf & REQ_FUA);
+	struct dmu_mapping *m0, *m = NULL;
+	struct rb_node *node;
+	unsigned int i;
+
+	for (i = 0; i < nr; i++) {
+		/* Blocks are the tree's keys: the run is in-order neighbours. */
+		node = m ? rb_next(&m->node) : NULL;
+		m = node ? rb_entry(node, struct dmu_mapping, node) :
+			   (i ? NULL : __dmu_mapping_find(t, first));
+		if (!m || m->block != first + i)
+			return false;
+		if ((m->flags & DMU_MAP_ZERO) ||
+		    (write && !(m->flags & DMU_MAP_WRITABLE)) ||
+		    (fua && dmu_mapping_uncommitted(t, m)))
+			return false;
+		if (i && (m->dev != pb->m[0]->dev || m->sector !=
+			  pb->m[0]->sector + (sector_t)i * t->block_sectors))
+			return false;
+		if (t->nr_pending && __dmu_pending_find(t, first + i))
+			return false;
+		pb->m[i] = m;
+	}
+
+	for (i = 0; i < nr; i++) {
+		refcount_inc(&pb->m[i]->ref);
+		list_move_tail(&pb->m[i]->lru, &t->lru);
+	}
+	pb->nr_m = nr;
+	t->hits += nr;
+	m0 = pb->m[0];
+	dmu_remap(t, bio, m0->dev, m0->sector);
+	return true;
+}
+
+/*
+ * Map a read or write from dm core. A bio within one block is routed as
+ * is. A bio over several blocks is remapped whole when it can be;
+ * otherwise it is cut at the end of its first block
+ * (dm_accept_partial_bio(), so only from map) and dm core maps the rest
+ * as a new bio, which may again take the whole-run path.
+ */
+static int dmu_map_span(struct dmu_target *t, struct bio *bio)
+{
+	sector_t offset = dm_target_offset(t->ti, bio->bi_iter.bi_sector);
+	sector_t in_block = offset & (t->block_sectors - 1);
+	u64 first = offset >> t->block_shift;
+	unsigned int nr = (in_block + bio_sectors(bio) + t->block_sectors - 1) >>
+			  t->block_shift;
+	unsigned long flags;
+	bool whole;
+
+	if (nr > 1) {
+		spin_lock_irqsave(&t->lock, flags);
+		whole = __dmu_remap_run(t, bio, first, nr);
+		spin_unlock_irqrestore(&t->lock, flags);
+		if (whole)
+			return DM_MAPIO_REMAPPED;
+		dm_accept_partial_bio(bio, t->block_sectors - in_block);
+	}
+	return dmu_route(t, bio, false);
 }
 
 /* End @bios with the positive errno @error, or requeue them. */
@@ -1005,7 +1093,7 @@ static int dmu_map(struct dm_target *ti, struct bio *bio)
 	struct dmu_per_bio *pb = dmu_pb(bio);
 	unsigned long flags;
 
-	pb->m = NULL;
+	pb->nr_m = 0;
 	pb->flags = 0;
 
 	if (bio->bi_opf & REQ_PREFLUSH) {
@@ -1027,7 +1115,7 @@ static int dmu_map(struct dm_target *ti, struct bio *bio)
 	if (bio_op(bio) != REQ_OP_READ && bio_op(bio) != REQ_OP_WRITE)
 		return DM_MAPIO_KILL;
 
-	return dmu_route(t, bio, false);
+	return dmu_map_span(t, bio);
 }
 
 static int dmu_end_io(struct dm_target *ti, struct bio *bio,
@@ -1035,10 +1123,8 @@ static int dmu_end_io(struct dm_target *ti, struct bio *bio,
 {
 	struct dmu_per_bio *pb = dmu_pb(bio);
 
-	if (pb->m) {
-		dmu_mapping_put(pb->m);
-		pb->m = NULL;
-	}
+	while (pb->nr_m)
+		dmu_mapping_put(pb->m[--pb->nr_m]);
 	if (pb->flags & DMU_PB_REQUEUE)
 		return DM_ENDIO_REQUEUE;
 	return DM_ENDIO_DONE;
@@ -1370,9 +1456,10 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	if (r)
 		goto bad_free;
 
-	r = dm_set_target_max_io_len(ti, t->block_sectors);
+	r = dm_set_target_max_io_len(ti, (sector_t)t->block_sectors *
+					      DMU_BIO_BLOCKS_MAX);
 	if (r) {
-		ti->error = "Cannot set the block size as max I/O length";
+		ti->error = "Cannot set the max I/O length";
 		goto bad_put_devices;
 	}
 

@@ -13,6 +13,8 @@
  *   error=N   fail the bios with errno N
  *   copy=S    reads map read-only onto dev S (a base image); writes get a
  *             writable mapping on dev 0 with copy-first from dev S
+ *   swap      writable on dev 0, but blocks 2k and 2k+1 trade places:
+ *             neighbouring blocks are never contiguous on the device
  *   sink      read requests, never answer them
  * -l LOG    append one line per message read ("batch N", "map ID BLOCK
  *           FLAGS", "commit ID", "inval_done ID BLOCK COUNT", "copy_error
@@ -137,7 +139,10 @@ static void answer_map(const struct dmu_msg *req, struct dmu_msg *rep,
 	rep->id = req->id;
 	rep->reply.block = req->map.block;
 	rep->reply.sector = sector;
-	if (!strcmp(mode, "ro")) {
+	if (!strcmp(mode, "swap")) {
+		rep->flags = DMU_MAP_WRITABLE;
+		rep->reply.sector = (req->map.block ^ 1) * feat.block_sectors;
+	} else if (!strcmp(mode, "ro")) {
 		rep->flags = write ? DMU_MAP_WRITABLE : 0;
 	} else if (!strcmp(mode, "temp")) {
 		rep->flags = DMU_MAP_TEMPORARY | DMU_MAP_WRITABLE;

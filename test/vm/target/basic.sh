@@ -53,6 +53,42 @@ stop_resp
 check "remove without a daemon" dmsetup remove hm
 check "control device gone after remove" test ! -e /dev/dmu/hm
 
+# --- bios over several blocks: remapped whole, or cut per block ------
+# (4 KiB blocks; the target's max I/O is 32 blocks, so a 1 MiB bio
+# reaches map as 128 KiB pieces.)
+dmsetup create mb --table "0 $SZ userspace mb 8 /dev/vda"
+start_resp mb $L/mb.log
+pattern /tmp/m1 1048576
+dd if=/tmp/m1 of=/dev/mapper/mb bs=1M seek=8 oflag=direct status=none
+check "cold 1 MiB write: one request per block" eq "$(grep -c '^map ' $L/mb.log)" 256
+check "cold 1 MiB write landed" cmp <(dd if=/dev/vda bs=1M skip=8 count=1 iflag=direct status=none) /tmp/m1
+h0=$(st mb hits)
+check "warm 1 MiB read is right" cmp <(dd if=/dev/mapper/mb bs=1M skip=8 count=1 iflag=direct status=none) /tmp/m1
+check "warm 1 MiB read: a hit per block" eq "$(st mb hits)" $((h0 + 256))
+check "warm 1 MiB read: no request" eq "$(grep -c '^map ' $L/mb.log)" 256
+check "unaligned read across a block boundary" cmp <(dd if=/dev/mapper/mb bs=6144 count=1 skip=$((8 * 1048576 + 2048)) iflag=direct,skip_bytes status=none) <(tail -c +2049 /tmp/m1 | head -c 6144)
+pattern /tmp/m2 6144
+dd if=/tmp/m2 of=/dev/mapper/mb bs=6144 seek=$((8 * 1048576 + 10240)) oflag=direct,seek_bytes status=none
+{ head -c 10240 /tmp/m1; cat /tmp/m2; tail -c +16385 /tmp/m1; } >/tmp/m3
+check "unaligned write across a block boundary" cmp <(dd if=/dev/vda bs=1M skip=8 count=1 iflag=direct status=none) /tmp/m3
+dmsetup message mb 0 invalidate 2100 1
+m0=$(st mb misses)
+check "run with a forgotten block in it reads right" cmp <(dd if=/dev/mapper/mb bs=1M skip=8 count=1 iflag=direct status=none) /tmp/m3
+check "only the forgotten block is asked again" eq "$(st mb misses)" $((m0 + 1))
+stop_resp
+dmsetup remove mb
+dmsetup create sw --table "0 $SZ userspace sw 8 /dev/vda"
+start_resp sw $L/sw.log -m swap
+pattern /tmp/s1 262144
+dd if=/tmp/s1 of=/dev/mapper/sw bs=256k seek=64 oflag=direct status=none
+check "scattered run: block 4096 landed at 4097" cmp <(blk /dev/vda 4k 4097) <(dd if=/tmp/s1 bs=4k count=1 status=none)
+check "scattered run: block 4097 landed at 4096" cmp <(blk /dev/vda 4k 4096) <(dd if=/tmp/s1 bs=4k skip=1 count=1 status=none)
+h0=$(st sw hits)
+check "scattered run: warm 256 KiB read is right" cmp <(dd if=/dev/mapper/sw bs=256k skip=64 count=1 iflag=direct status=none) /tmp/s1
+check "scattered run: a hit per block" eq "$(st sw hits)" $((h0 + 64))
+stop_resp
+dmsetup remove sw
+
 # --- read-only mapping, write faults ----------------------------------
 pattern /tmp/a 4096
 pattern /tmp/b 4096
@@ -134,6 +170,10 @@ blk /dev/mapper/zr 4k 1 >/dev/null
 check "zero mapping is remembered" eq "$(grep -cE '^map [0-9]+ 1 ' $L/zr.log)" 1
 dd if=/tmp/p of=/dev/mapper/zr bs=4k seek=1 oflag=direct status=none
 check "write to a zero mapping faults to a writable one" cmp <(blk /dev/mapper/zr 4k 1) /tmp/p
+# A warm read over zero mappings and a writable one in between: the
+# whole-run path must step aside (zero mappings are served per block).
+blk /dev/mapper/zr 64k 0 >/dev/null
+check "warm multi-block read over zero + writable blocks" cmp <(blk /dev/mapper/zr 64k 0) <(cat <(head -c 4096 /dev/zero) /tmp/p <(head -c 57344 /dev/zero))
 stop_resp
 dmsetup remove zr
 

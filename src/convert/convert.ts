@@ -80,26 +80,53 @@ export async function convert(o: ConvertOptions): Promise<ConvertStats> {
 		const piece = dst.image.blockSize;
 		const chunk = Math.max(CHUNK, piece, src.image.blockSize);
 		const stats: ConvertStats = { size, written: 0n, skipped: 0n };
-		for (let off = 0n; off < size; off += BigInt(chunk)) {
-			const len = Number(size - off < BigInt(chunk) ? size - off : BigInt(chunk));
-			const c = await src.read(off, len);
-			const b = base ? await base.read(off, len) : undefined;
-			if (c.allZero && (!b || b.allZero)) {
-				stats.skipped += BigInt(len);
-			} else {
-				for (let at = 0; at < len; at += piece) {
-					const n = Math.min(piece, len - at);
-					const mine = c.data.subarray(at, at + n);
-					const same = b ? mine.equals(b.data.subarray(at, at + n)) : isZero(mine);
-					if (same) {
-						stats.skipped += BigInt(n);
-						continue;
+		const chunkAt = (off: bigint) => Number(size - off < BigInt(chunk) ? size - off : BigInt(chunk));
+		// Two buffers per reader: the next chunk is read while this one is
+		// written (the source's reads and the destination's writes overlap).
+		const srcBufs = [Buffer.allocUnsafe(chunk), Buffer.allocUnsafe(chunk)];
+		const baseBufs = base ? [Buffer.allocUnsafe(chunk), Buffer.allocUnsafe(chunk)] : [];
+		const readChunk = async (off: bigint, i: number) => {
+			const len = chunkAt(off);
+			const c = await src.read(off, len, srcBufs[i % 2]);
+			const b = base ? await base.read(off, len, baseBufs[i % 2]) : undefined;
+			return { c, b };
+		};
+		let next: Promise<Awaited<ReturnType<typeof readChunk>>> | undefined = size > 0n ? readChunk(0n, 0) : undefined;
+		try {
+			for (let off = 0n, i = 0; off < size; off += BigInt(chunk), i++) {
+				const len = chunkAt(off);
+				const { c, b } = await (next as NonNullable<typeof next>);
+				const nextOff = off + BigInt(chunk);
+				next = nextOff < size ? readChunk(nextOff, i + 1) : undefined;
+				if (c.allZero && (!b || b.allZero)) {
+					stats.skipped += BigInt(len);
+				} else {
+					// Neighbouring pieces that need writing go out in one call.
+					let from = -1;
+					const writeRun = async (end: number) => {
+						if (from < 0) return;
+						await dst?.write(off + BigInt(from), c.data.subarray(from, end));
+						stats.written += BigInt(end - from);
+						from = -1;
+					};
+					for (let at = 0; at < len; at += piece) {
+						const n = Math.min(piece, len - at);
+						const mine = c.data.subarray(at, at + n);
+						const same = b ? mine.equals(b.data.subarray(at, at + n)) : isZero(mine);
+						if (same) {
+							await writeRun(at);
+							stats.skipped += BigInt(n);
+						} else if (from < 0) {
+							from = at;
+						}
 					}
-					await dst.write(off + BigInt(at), mine);
-					stats.written += BigInt(n);
+					await writeRun(len);
 				}
+				o.onProgress?.(off + BigInt(len), size);
 			}
-			o.onProgress?.(off + BigInt(len), size);
+		} finally {
+			// A failed write must not leave a read running (or its rejection unhandled).
+			await next?.catch(() => undefined);
 		}
 		await dst.close();
 		dst = undefined;

@@ -161,11 +161,25 @@ export class BlockEngine {
 		return out;
 	}
 
-	/** Write `data` at byte `offset` of the virtual disk. */
+	/**
+	 * Write `data` at byte `offset` of the virtual disk. Blocks that the
+	 * plugin places next to each other on one device go out as one write
+	 * (a conversion to qcow2 allocates clusters in order).
+	 */
 	async write(offset: bigint | number, data: Buffer): Promise<void> {
 		const off = BigInt(offset);
 		this.#check(off, data.length);
 		const bs = BigInt(this.#bs);
+		let run: { dev: number; pos: number; from: number; len: number } | undefined;
+		const flushRun = async () => {
+			if (!run) return;
+			const f = this.#file(run.dev);
+			for (let w = 0; w < run.len; ) {
+				const { bytesWritten } = await f.write(data, run.from + w, run.len - w, run.pos + w);
+				w += bytesWritten;
+			}
+			run = undefined;
+		};
 		let done = 0;
 		while (done < data.length) {
 			const pos = off + BigInt(done);
@@ -174,9 +188,16 @@ export class BlockEngine {
 			const n = Math.min(this.#bs - inBlock, data.length - done);
 			const d = await this.#decide(block, true, inBlock === 0 && n === this.#bs);
 			if (d.kind !== 'map') throw new DmuError('DMU_ERR_PLUGIN_BUG', 'write mapped to zero');
-			await this.#file(d.dev).write(data, done, n, Number(d.sector * 512n) + inBlock);
+			const at = Number(d.sector * 512n) + inBlock;
+			if (run && run.dev === d.dev && run.pos + run.len === at) {
+				run.len += n;
+			} else {
+				await flushRun();
+				run = { dev: d.dev, pos: at, from: done, len: n };
+			}
 			done += n;
 		}
+		await flushRun();
 	}
 
 	/** Flush data files, then let the plugin commit its metadata. */

@@ -72,6 +72,12 @@ export interface Capabilities {
 	flush: boolean;
 	/** The image may ask for a scratch device (compressed or partial blocks). */
 	scratch: boolean;
+	/**
+	 * Every block maps, as data, to device 0 at its own offset (raw): a
+	 * reader may read any range of the disk straight from that device
+	 * without asking map() block by block.
+	 */
+	linear?: boolean;
 }
 
 export interface Image {

@@ -7,9 +7,18 @@ import { type FileHandle, open } from 'node:fs/promises';
 import { DmuError } from '../../errors.js';
 import { bad } from './layout.js';
 
+/**
+ * How far ahead of the last allocation the file is grown: one ftruncate per
+ * cluster was ~7% of a conversion to qcow2. close() trims the file back.
+ */
+const GROW_AHEAD = 64 * 1024 * 1024;
+
 export class ImageFile {
 	#fh: FileHandle;
+	/** Bytes in use: allocated clusters end here (reads are checked against it). */
 	#size: number;
+	/** Bytes the file really has (>= #size while grown ahead). */
+	#physical: number;
 
 	private constructor(
 		readonly path: string,
@@ -19,6 +28,7 @@ export class ImageFile {
 	) {
 		this.#fh = fh;
 		this.#size = size;
+		this.#physical = size;
 	}
 
 	static async open(path: string, writable: boolean): Promise<ImageFile> {
@@ -72,12 +82,21 @@ export class ImageFile {
 			done += bytesWritten;
 		}
 		this.#size = Math.max(this.#size, off + data.length);
+		this.#physical = Math.max(this.#physical, off + data.length);
 	}
 
-	/** Grow the (sparse) file so freshly allocated clusters lie inside it. */
+	/**
+	 * Grow the (sparse) file so freshly allocated clusters lie inside it.
+	 * The file grows in steps (sparse, so free); a crash can leave the
+	 * step's unreferenced tail, which holds no clusters and is harmless.
+	 */
 	async growTo(size: number): Promise<void> {
 		if (size <= this.#size) return;
-		await this.#fh.truncate(size);
+		if (size > this.#physical) {
+			const ahead = size + Math.min(GROW_AHEAD, size);
+			await this.#fh.truncate(ahead);
+			this.#physical = ahead;
+		}
 		this.#size = size;
 	}
 
@@ -86,6 +105,10 @@ export class ImageFile {
 	}
 
 	async close(): Promise<void> {
-		await this.#fh.close();
+		try {
+			if (this.writable && this.#physical > this.#size) await this.#fh.truncate(this.#size);
+		} finally {
+			await this.#fh.close();
+		}
 	}
 }

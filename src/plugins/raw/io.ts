@@ -73,6 +73,22 @@ export class ImageFile {
 		return buf;
 	}
 
+	/**
+	 * Read into `buf[at, at + len)` from `pos` without allocating; stops at
+	 * the end of the file and returns the bytes read (callers that want
+	 * zeros past the end pre-fill `buf`).
+	 */
+	async readInto(buf: Buffer, at: number, pos: bigint | number, len: number): Promise<number> {
+		const p = Number(pos);
+		let done = 0;
+		while (done < len) {
+			const { bytesRead } = await this.fh.read(buf, at + done, len - done, p + done);
+			if (bytesRead === 0) break;
+			done += bytesRead;
+		}
+		return done;
+	}
+
 	async write(pos: bigint | number, data: Buffer): Promise<void> {
 		let done = 0;
 		const p = Number(pos);

@@ -10,6 +10,10 @@
  *           [<#feature args> [daemon_timeout <s>] [max_mappings <n>]]
  *           <dev0> [<dev1>...]
  *
+ * <len> need not be a multiple of the block size: the last block is then
+ * short (a disk's size is its image's, not rounded up), and its mappings
+ * and copies cover only the sectors it has.
+ *
  * Status INFO (one line, counters since the table was loaded):
  *   <hits> <misses> <pending> <copies> <flushes> <commits> <evictions>
  *   <mapped> daemon=<connected|waiting|failed>
@@ -129,6 +133,13 @@ static u64 dmu_bio_block(struct dmu_target *t, struct bio *bio)
 {
 	return dm_target_offset(t->ti, bio->bi_iter.bi_sector) >>
 		t->block_shift;
+}
+
+/* Sectors of @block inside the target: block_sectors but for a short last. */
+static sector_t dmu_block_len(struct dmu_target *t, u64 block)
+{
+	return min_t(sector_t, t->block_sectors,
+		     t->ti->len - ((sector_t)block << t->block_shift));
 }
 
 static bool dmu_daemon_absent(struct dmu_target *t)
@@ -415,7 +426,7 @@ again:
 	bio_list_add(&p->bios, bio);
 	if (write) {
 		req |= DMU_REQ_WRITE;
-		if (bio->bi_iter.bi_size == t->block_sectors << SECTOR_SHIFT)
+		if (bio_sectors(bio) == dmu_block_len(t, block))
 			req |= DMU_REQ_WHOLE_BLOCK;
 	}
 	INIT_LIST_HEAD(&p->out.node);
@@ -674,14 +685,15 @@ static void dmu_copy_done(int read_err, unsigned long write_err, void *context)
  * allocate, and the daemon grows the loop device (LOOP_SET_CAPACITY)
  * before it hands out a mapping past the old end.
  */
-static bool dmu_fits(struct dmu_target *t, u32 dev, u64 sector)
+/* @len sectors at @sector lie inside device @dev (its live size). */
+static bool dmu_fits(struct dmu_target *t, u32 dev, u64 sector, sector_t len)
 {
 	sector_t size;
 
 	if (dev >= t->nr_devs)
 		return false;
 	size = bdev_nr_sectors(t->devs[dev]->bdev);
-	return sector <= size && size - sector >= t->block_sectors;
+	return sector <= size && size - sector >= len;
 }
 
 static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
@@ -692,11 +704,13 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 	struct dmu_pending *p;
 	struct dm_io_region from, to;
 	unsigned long flags;
+	sector_t len;
 
 	if ((f & ~DMU_MAP_FLAGS_ALL) || rep->reserved0 || rep->reserved1)
 		return -EINVAL;
 	if (rep->block >= t->nr_blocks)
 		return -EINVAL;
+	len = dmu_block_len(t, rep->block);
 	if (f & DMU_MAP_ERROR) {
 		if ((f & ~(DMU_MAP_ERROR | DMU_MAP_TEMPORARY)) ||
 		    rep->error <= 0 || rep->error > MAX_ERRNO)
@@ -707,10 +721,10 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 	if ((f & DMU_MAP_ZERO) && (f & (DMU_MAP_WRITABLE | DMU_MAP_COPY_FIRST)))
 		return -EINVAL;
 	if (!(f & (DMU_MAP_ERROR | DMU_MAP_ZERO)) &&
-	    !dmu_fits(t, rep->dev, rep->sector))
+	    !dmu_fits(t, rep->dev, rep->sector, len))
 		return -EINVAL;
 	if (f & DMU_MAP_COPY_FIRST) {
-		if (!dmu_fits(t, rep->src_dev, rep->src_sector))
+		if (!dmu_fits(t, rep->src_dev, rep->src_sector, len))
 			return -EINVAL;
 	} else if (rep->src_dev || rep->src_sector) {
 		return -EINVAL;
@@ -752,10 +766,10 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 
 	from.bdev = t->devs[rep->src_dev]->bdev;
 	from.sector = rep->src_sector;
-	from.count = t->block_sectors;
+	from.count = len;
 	to.bdev = t->devs[rep->dev]->bdev;
 	to.sector = rep->sector;
-	to.count = t->block_sectors;
+	to.count = len;
 	dm_kcopyd_copy(t->kcopyd, &from, 1, &to, 0, dmu_copy_done, p);
 	return 0;
 }
@@ -1445,12 +1459,12 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	r = dmu_parse_features(t, &as, &ti->error);
 	if (r)
 		goto bad_free;
-	if (ti->len < t->block_sectors || ti->len & (t->block_sectors - 1)) {
-		ti->error = "Length must be a multiple of the block size";
+	if (!ti->len) {
+		ti->error = "Length must not be zero";
 		r = -EINVAL;
 		goto bad_free;
 	}
-	t->nr_blocks = ti->len >> t->block_shift;
+	t->nr_blocks = (ti->len + t->block_sectors - 1) >> t->block_shift;
 
 	r = dmu_get_devices(t, &as, &ti->error);
 	if (r)

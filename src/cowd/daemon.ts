@@ -72,9 +72,9 @@ export function tableLine(
 	devs: readonly string[],
 	o: Pick<CowdOptions, 'daemonTimeout' | 'maxMappings'>,
 ): string {
-	const bs = BigInt(image.blockSize);
-	// The target maps whole blocks: its length is the virtual size rounded up to one.
-	const sectors = (((image.virtualSize + bs - 1n) / bs) * bs) / 512n;
+	// The disk is exactly the image's size: the target takes a short last
+	// block (rounding up showed the guest sectors other tools never see).
+	const sectors = (image.virtualSize + 511n) / 512n;
 	const feats: string[] = [];
 	if (o.daemonTimeout !== undefined) feats.push('daemon_timeout', String(o.daemonTimeout));
 	if (o.maxMappings !== undefined) feats.push('max_mappings', String(o.maxMappings));

@@ -44,8 +44,8 @@ t.test('table lines and their parsing', async (t) => {
 	t.equal(tableLine(img, 'vm1', ['/dev/loop0', '/dev/loop1'], {}), '0 2097152 userspace vm1 128 /dev/loop0 /dev/loop1');
 	t.equal(
 		tableLine({ virtualSize: 1000n * 512n, blockSize: 65536 }, 'k', ['/dev/loop0'], { daemonTimeout: 0, maxMappings: 1024 }),
-		'0 1024 userspace k 128 4 daemon_timeout 0 max_mappings 1024 /dev/loop0',
-		'length rounded up to whole blocks; feature args counted',
+		'0 1000 userspace k 128 4 daemon_timeout 0 max_mappings 1024 /dev/loop0',
+		'length is the virtual size (a short last block), not rounded up; feature args counted',
 	);
 	t.same(parseTable('0 2097152 userspace vm1 128 7:0 7:1'), { key: 'vm1', blockSectors: 128, devs: ['7:0', '7:1'] });
 	t.same(parseTable('0 1024 userspace k 128 2 daemon_timeout 5 7:0'), { key: 'k', blockSectors: 128, devs: ['7:0'] });

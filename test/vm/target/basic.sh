@@ -53,6 +53,33 @@ stop_resp
 check "remove without a daemon" dmsetup remove hm
 check "control device gone after remove" test ! -e /dev/dmu/hm
 
+# --- a length that is not a multiple of the block size ----------------
+# 131069 sectors: 16384 blocks, the last (16383, at sector 131064) has 5.
+SL=$((SZ - 3))
+LB=$((SZ - 8))
+dmsetup create sl --table "0 $SL userspace sl 8 /dev/vda /dev/vdb"
+check "short last block: the disk has the table's length" eq "$(blockdev --getsz /dev/mapper/sl)" $SL
+start_resp sl $L/sl.log
+pattern /tmp/sl 2560
+dd if=/tmp/sl of=/dev/mapper/sl bs=2560 seek=$((LB * 512)) oflag=direct,seek_bytes status=none
+check "short last block: a write of all its sectors is a whole-block write" grep -qE '^map [0-9]+ 16383 3$' $L/sl.log
+check "short last block: reads back" cmp <(dd if=/dev/mapper/sl bs=2560 count=1 skip=$((LB * 512)) iflag=direct,skip_bytes status=none) /tmp/sl
+check "short last block: landed on the data device" cmp <(dd if=/dev/vda bs=2560 count=1 skip=$((LB * 512)) iflag=direct,skip_bytes status=none) /tmp/sl
+check "short last block: I/O past the end fails" fails dd if=/dev/zero of=/dev/mapper/sl bs=512 count=1 seek=$SL oflag=direct status=none
+stop_resp
+dmsetup remove sl
+pattern /tmp/slb 2560
+dd if=/tmp/slb of=/dev/vdb bs=2560 seek=$((LB * 512)) oflag=direct,seek_bytes status=none
+dmsetup create sc --table "0 $SL userspace sc 8 /dev/vda /dev/vdb"
+start_resp sc $L/sc.log -m copy=1
+pattern /tmp/slp 512
+dd if=/tmp/slp of=/dev/mapper/sc bs=512 seek=$((LB + 1)) oflag=direct status=none
+{ head -c 512 /tmp/slb; cat /tmp/slp; tail -c 1536 /tmp/slb; } >/tmp/slx
+check "short last block: copy-first copies its 5 sectors around a partial write" cmp <(dd if=/dev/mapper/sc bs=2560 count=1 skip=$((LB * 512)) iflag=direct,skip_bytes status=none) /tmp/slx
+check "short last block: copy counted" eq "$(st sc copies)" 1
+stop_resp
+dmsetup remove sc
+
 # --- bios over several blocks: remapped whole, or cut per block ------
 # (4 KiB blocks; the target's max I/O is 32 blocks, so a 1 MiB bio
 # reaches map as 128 KiB pieces.)

@@ -30,6 +30,7 @@ st() {
 }
 
 eq() { [ "$1" = "$2" ] || { echo "expected '$2', got '$1'" >&2; return 1; }; }
+fails() { ! "$@" 2>/dev/null; }
 ge() { [ "$1" -ge "$2" ] || { echo "expected >= $2, got $1" >&2; return 1; }; }
 
 # wait_for CMD...: poll up to 20 s.

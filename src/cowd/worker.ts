@@ -98,9 +98,12 @@ export class Worker {
 				this.log.trace({ block: m.block, req, d }, 'map');
 				if (d.kind === 'map' && this.capacity) {
 					try {
-						const blockSectors = BigInt(this.image.blockSize / 512);
-						await this.capacity.ensure(d.dev, d.sector + blockSectors);
-						if (d.copyFrom) await this.capacity.ensure(d.copyFrom.dev, d.copyFrom.sector + blockSectors);
+						// As the kernel checks it: a short last block needs only its own sectors.
+						const bs = BigInt(this.image.blockSize / 512);
+						const left = (this.image.virtualSize + 511n) / 512n - m.block * bs;
+						const len = left < bs ? left : bs;
+						await this.capacity.ensure(d.dev, d.sector + len);
+						if (d.copyFrom) await this.capacity.ensure(d.copyFrom.dev, d.copyFrom.sector + len);
 					} catch (e) {
 						this.stats.errors++;
 						this.log.error({ block: m.block, err: (e as Error).message }, 'mapping does not fit its device: failing the I/O');

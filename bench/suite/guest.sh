@@ -186,17 +186,20 @@ for sys in $SYSTEMS; do
 		dd if="$dev" of=/dev/null bs=4k count=1 skip=$(((off * 1048576 + rep * 4 * BS_BYTES) / 4096)) iflag=direct status=none
 		echo $((($(date +%s%N) - t0) / 1000)) >>"$DMU_OUT/ttfb-$sys.txt"
 	done
-	# Map requests per second cowd sustains: random 4 KiB reads at depth 32 over never-mapped blocks,
+	# Map requests per second cowd sustains: block-sized random reads at depth 32 over never-mapped blocks,
 	# counted by the target's miss counter.
 	case "$sys" in dscow | qcow2)
 		for rep in $(seq "$REPEAT"); do
 			off=$(next_region)
+			dmsetup status "b-$sys" >>"$DMU_OUT/maps-status-$sys.txt"
 			m0=$(dmsetup status "b-$sys" | awk '{print $5}')
 			t0=$(date +%s%N)
-			fio --name=maps --filename="$dev" --rw=randread --bs=4k --iodepth=32 --direct=1 --ioengine=libaio \
+			# One read per block (bs = block size), so every read is a miss.
+			fio --name=maps --filename="$dev" --rw=randread --bs="$BS_BYTES" --iodepth=32 --direct=1 --ioengine=libaio \
 				--offset="${off}M" --size="${REGION_MIB}M" --runtime="$RUNTIME" --randrepeat=0 --eta=never \
-				--output-format=json --output=/dev/null >/dev/null 2>&1
+				--output-format=json --output="$DMU_OUT/fio-maps-$sys-$rep.json" >/dev/null 2>"$DMU_OUT/fio-maps-$sys-$rep.err"
 			t1=$(date +%s%N)
+			dmsetup status "b-$sys" >>"$DMU_OUT/maps-status-$sys.txt"
 			m1=$(dmsetup status "b-$sys" | awk '{print $5}')
 			echo "$((m1 - m0)) $(((t1 - t0) / 1000000))" >>"$DMU_OUT/maps-$sys.txt"
 		done

@@ -680,12 +680,11 @@ static void dmu_copy_done(int read_err, unsigned long write_err, void *context)
 }
 
 /*
- * Does a whole block at @sector fit on device @dev? The size is read live,
- * not taken from the constructor: image formats grow their file when they
- * allocate, and the daemon grows the loop device (LOOP_SET_CAPACITY)
- * before it hands out a mapping past the old end.
+ * Do @len sectors (a block's) at @sector fit on device @dev? The size is
+ * read live, not taken from the constructor: image formats grow their file
+ * when they allocate, and the daemon grows the loop device
+ * (LOOP_SET_CAPACITY) before it hands out a mapping past the old end.
  */
-/* @len sectors at @sector lie inside device @dev (its live size). */
 static bool dmu_fits(struct dmu_target *t, u32 dev, u64 sector, sector_t len)
 {
 	sector_t size;

@@ -9,8 +9,8 @@
  */
 import fs from 'node:fs';
 import { Command } from 'commander';
-import { DmuError } from '../../src/errors.js';
 import { runMain } from '../../src/cli/run.js';
+import { DmuError } from '../../src/errors.js';
 import { applyEntry, isFlushPoint, readEntries, readHeader } from './log.js';
 
 interface Opts {

@@ -1,7 +1,8 @@
 # Power-cut crash consistency of a dscow disk served by cowd (guest script
 # of test/vm/power-cut.test.ts). Every write that reaches the disk holding
-# the image file (/dev/vda) is recorded by dm-log-writes on /dev/vdb. A
-# workload on an ext4 inside the dscow disk writes records, fsyncs each one,
+# the image file (/dev/vda) is recorded by dm-log-writes on /dev/vdb. The
+# base is an ext4 with files; a workload on that ext4 through the dscow
+# disk writes records, fsyncs each one,
 # and only then puts a mark "rec-N" in the log. Afterwards the log is
 # replayed onto /dev/vdc up to sampled flush/FUA entries (the states a
 # power cut can leave: nothing after a flush is promised), and at each one
@@ -43,13 +44,24 @@ stop_cowd() { # stop_cowd NAME: SIGTERM, exit 0, device gone
 dmsetup create lw --table "0 $SZ log-writes /dev/vda /dev/vdb"
 check "dm-log-writes over vda" test -b /dev/mapper/lw
 mkfs.ext4 -q -F -E nodiscard /dev/mapper/lw && mount /dev/mapper/lw $D
-head -c $((64 << 20)) /dev/urandom >$D/base.img && sync
+# The base holds an ext4 with files: the dscow disk starts as that file
+# system, so a block whose base contents are lost (a bitmap bit committed
+# before its copy-first data) shows as fsck errors or damaged base files.
+make_base() {
+	truncate -s 64M $D/base.img && mkfs.ext4 -q -F -E nodiscard $D/base.img || return 1
+	mkdir -p /mnt/b && mount -o loop $D/base.img /mnt/b || return 1
+	local i
+	for i in $(seq 24); do mkdir -p /mnt/b/d$((i % 4)) && head -c $((i * 40000)) /dev/urandom >/mnt/b/d$((i % 4))/base-$i; done
+	(cd /mnt/b && find d* -type f -print0 | xargs -0 sha256sum) >$W/base.sums
+	umount /mnt/b && sync
+}
+check "base: 64 MiB ext4 with 24 files" make_base
 check "dscow image created over a 64 MiB base" node dist/src/cli/dmu.js create -f dscow -b $D/base.img $D/img.dscow
 sync
 check "cowd attaches the image" start_cowd pc
-mkfs.ext4 -q -F -E nodiscard /dev/mapper/pc && mount /dev/mapper/pc $T && sync -f $T
+mount /dev/mapper/pc $T && sync -f $T
 dmsetup message lw 0 mark ready
-check "ext4 on the dscow disk" mountpoint -q $T
+check "the base's ext4 mounted from the dscow disk" mountpoint -q $T
 
 # Record N: a new file of 3-21 KB, fsynced with its directory, then a line
 # appended to one growing journal file, fsynced; only then the mark. A copy
@@ -100,11 +112,12 @@ inner_clean() { # journal recovered by a mount, then e2fsck clean
 	mount /dev/mapper/pcr $T && umount $T || return 1
 	e2fsck -fn /dev/mapper/pcr >>"$DMU_OUT/fsck.log" 2>&1
 }
-records_ok() { # records_ok ENTRY: every record marked before ENTRY is intact
+records_ok() { # records_ok ENTRY: the base's files and every record marked before ENTRY intact
 	local need bad=0
 	awk -v e="$1" '$1 < e && $2 ~ /^rec-/ { print $2 }' $W/marks >$W/need
 	awk 'NR == FNR { want[$1] = 1; next } $2 in want' $W/need $W/sums >$W/need.sums
 	mount -o ro /dev/mapper/pcr $T || return 1
+	(cd $T && sha256sum -c --quiet $W/base.sums) >>"$DMU_OUT/records.log" 2>&1 || { bad=1; echo "entry $1: base files damaged" >>"$DMU_OUT/records.log"; }
 	if [ -s $W/need.sums ]; then (cd $T && sha256sum -c --quiet $W/need.sums) >>"$DMU_OUT/records.log" 2>&1 || bad=1; fi
 	# The journal holds every needed line (grep -c counts its lines that are needed).
 	[ "$(grep -cxFf $W/need $T/journal)" = "$(wc -l <$W/need)" ] || { bad=1; echo "entry $1: journal lines missing" >>"$DMU_OUT/records.log"; }
@@ -130,7 +143,7 @@ for e in $(cat $W/points); do
 	cpt "point $i: image file system recovers and checks clean" outer_up
 	cpt "point $i: cowd attaches the crashed image" start_cowd pcr
 	cpt "point $i: ext4 on the dmu disk checks clean" inner_clean
-	cpt "point $i: every record fsynced before the cut is intact" records_ok "$e"
+	cpt "point $i: base files and every record fsynced before the cut intact" records_ok "$e"
 	cpt "point $i: torn down" teardown
 done
 echo "points: $i in $(($(date +%s) - t0)) s" >>"$DMU_OUT/times.txt"

@@ -134,7 +134,10 @@ teardown() {
 }
 
 region_mib=0 # next never-touched region, MiB from the start of the device
-next_region() { local r=$region_mib; region_mib=$((region_mib + REGION_MIB)); echo "$r"; }
+# next_region: set off (MiB) to a never-touched region. Not used as $(next_region):
+# a command substitution is a subshell, so the counter would never move and
+# every "cold" run would read blocks an earlier run already mapped.
+next_region() { off=$region_mib; region_mib=$((region_mib + REGION_MIB)); }
 
 fio_run() { # fio_run DEV NAME RW BS IODEPTH OFFSET_MIB MODE OUT
 	local extra=()
@@ -163,7 +166,7 @@ for sys in $SYSTEMS; do
 	for job in $JOBS; do
 		IFS=: read -r name rw bs qd <<<"$job"
 		for rep in $(seq "$REPEAT"); do
-			off=$(next_region)
+			next_region
 			for mode in cold warm; do
 				out="$DMU_OUT/fio-$sys-$name-$mode-$rep.json"
 				if ! fio_run "$dev" "$name" "$rw" "$bs" "$qd" "$off" "$mode" "$out"; then
@@ -180,7 +183,7 @@ for sys in $SYSTEMS; do
 		continue
 	fi
 	# Time to first byte of a cold read: one 4 KiB direct read of a never-touched block.
-	off=$(next_region)
+	next_region
 	for rep in $(seq "$REPEAT"); do
 		t0=$(date +%s%N)
 		dd if="$dev" of=/dev/null bs=4k count=1 skip=$(((off * 1048576 + rep * 4 * BS_BYTES) / 4096)) iflag=direct status=none
@@ -190,7 +193,7 @@ for sys in $SYSTEMS; do
 	# counted by the target's miss counter.
 	case "$sys" in dscow | qcow2)
 		for rep in $(seq "$REPEAT"); do
-			off=$(next_region)
+			next_region
 			dmsetup status "b-$sys" >>"$DMU_OUT/maps-status-$sys.txt"
 			m0=$(dmsetup status "b-$sys" | awk '{print $5}')
 			t0=$(date +%s%N)

@@ -4,7 +4,7 @@
  * same through dmu; disks dmu makes and writes pass `qemu-img check` and
  * read the same through qemu, redundant grain tables included.
  */
-import { writeFile } from 'node:fs/promises';
+import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
 import { convert } from '../../src/convert/convert.js';
@@ -119,5 +119,33 @@ t.test('dmu-made child vmdk over a qemu-made parent', (t) =>
 		t.equal(chk.code, 0, `qemu-img check: ${chk.out}`);
 		t.equal(firstDiff(await qemuRaw('vmdk', child, dir), ref), -1, 'qemu reads child = parent + writes');
 		t.equal(firstDiff(await dmuRaw('vmdk', child), ref), -1, 'dmu reads the same');
+	}),
+);
+
+t.test('a grain table made on demand never shares a page with the grain after it', (t) =>
+	withTmp(async (dir) => {
+		// qemu preallocates every grain table; VMware may not. Forget the
+		// second primary one (GD entry 1) so dmu must add a 2 KiB table at
+		// the end of the file (4 sectors) before the grain it allocates.
+		const img = join(dir, 'lazy.vmdk');
+		await qemuImg('create', '-f', 'vmdk', '-o', 'subformat=monolithicSparse', img, '64M');
+		const fh = await open(img, 'r+');
+		const head = Buffer.alloc(512);
+		await fh.read(head, 0, 512, 0);
+		const gd = Number(head.readBigUInt64LE(56));
+		await fh.write(Buffer.alloc(4), 0, 4, gd * 512 + 4); // entry 1: the GT for 32..64 MiB
+		await fh.close();
+		const vmdk = await loadPlugin('vmdk');
+		const image = await vmdk.open(img, {});
+		const grain = BigInt((40 * MiB) / image.blockSize);
+		const d = await image.map({ block: grain, write: true, wholeBlock: true, roFault: false });
+		t.equal(d.kind, 'map', 'grain allocated');
+		if (d.kind === 'map') t.equal(d.sector % 8n, 0n, `grain at sector ${d.sector}: starts a page`);
+		await image.close();
+		const eng = await BlockEngine.open(vmdk, img);
+		const ref = Buffer.alloc(Number(eng.image.virtualSize));
+		await randomWrites(eng, ref, prng(9), 20);
+		await eng.close();
+		t.equal(firstDiff(await qemuRaw('vmdk', img, dir), ref), -1, 'qemu reads what dmu wrote');
 	}),
 );

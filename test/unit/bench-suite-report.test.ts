@@ -92,6 +92,24 @@ t.test('collectSystem takes medians of the repetitions from fio JSON', async (t)
 	t.equal(dscow.setupMs, 1234);
 });
 
+t.test("MAP requests/s use fio's own run time when its output was kept", async (t) => {
+	const files = new Map<string, string>([
+		['setup-ms-dscow.txt', '1'],
+		// wall times include fio's start-up: 256 misses in ~2 s by the wall clock
+		['maps-dscow.txt', '256 2000\n256 2100\n256 1900\n'],
+		['fio-maps-dscow-1.json', JSON.stringify({ jobs: [{ job_runtime: 256 }] })],
+		['fio-maps-dscow-2.json', JSON.stringify({ jobs: [{ job_runtime: 128 }] })],
+		['fio-maps-dscow-3.json', 'not json'],
+	]);
+	const spec = SYSTEMS.find((s) => s.id === 'dscow')!;
+	const r = collectSystem(spec, [], 3, (f) => files.get(f));
+	t.same(
+		r.mapsPerSec?.reps.map((x) => Math.round(x)),
+		[1000, 2000, 135],
+		'256/0.256 s, 256/0.128 s, and the wall time where the fio output is unreadable',
+	);
+});
+
 t.test('a missing or empty fio file marks the system incomplete, not zero', async (t) => {
 	const files = guestFiles(FACTORS);
 	files.delete('fio-thin-seq-write-cold-2.json');

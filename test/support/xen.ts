@@ -188,6 +188,13 @@ export async function runInXen(opts: RunInXenOptions): Promise<XenResult> {
 	}
 	if (opts.scriptsDir !== undefined && !existsSync(opts.scriptsDir))
 		throw new DmuError('DMU_ERR_XEN_HARNESS', `scriptsDir ${opts.scriptsDir} does not exist`);
+	// dom0 mounts tmpfs over these (see the top of this file), hiding a
+	// checkout below them: say so instead of failing in the guest.
+	const root = repoRoot();
+	const hidden = ['/tmp/', '/run/', '/var/log/', '/var/lib/xen/', '/root/', '/var/tmp/'].find((d) => `${root}/`.startsWith(d));
+	if (hidden) {
+		throw new DmuError('DMU_ERR_XEN_HARNESS', `the checkout ${root} lies under ${hidden}, which dom0 covers with tmpfs: move it elsewhere to run the Xen tests`);
+	}
 
 	const art = await xenArtifacts();
 	const outDir = await makeRunDir(name);

@@ -16,6 +16,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { execa } from 'execa';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
+import { prng } from '../../test/support/prng.js';
 
 const REPO_ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../..');
 const DMU = path.join(REPO_ROOT, 'dist/src/cli/dmu.js');
@@ -59,17 +60,6 @@ const CASES: Case[] = [
 	{ name: 'vmdk -> qcow2', src: 'src.vmdk', from: 'vmdk', to: 'qcow2' },
 ];
 
-/** Deterministic PRNG (mulberry32) so every run lays out the same extents. */
-function prng(seed: number): () => number {
-	let a = seed >>> 0;
-	return () => {
-		a = (a + 0x6d2b79f5) >>> 0;
-		let t = a;
-		t = Math.imul(t ^ (t >>> 15), t | 1);
-		t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-		return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-	};
-}
 
 /**
  * A sparse raw file: `fill`% of the 64 KiB blocks hold random bytes, in

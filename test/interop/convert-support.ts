@@ -11,6 +11,10 @@ import { BlockEngine } from '../../src/plugins/engine.js';
 import { loadPlugin } from '../../src/plugins/registry.js';
 import { isDmuError } from '../../src/errors.js';
 import type { Image, MapDecision, OpenOptions, Plugin, ScratchArea } from '../../src/plugins/types.js';
+import { prng } from '../support/prng.js';
+
+// Tests import the PRNG from here with the rest of their helpers.
+export { prng };
 
 export const MiB = 1024 * 1024;
 
@@ -66,18 +70,6 @@ export async function withTmp<T>(fn: (dir: string) => Promise<T>, base = tmpdir(
 	} finally {
 		await rm(dir, { recursive: true, force: true });
 	}
-}
-
-/** A small deterministic PRNG (mulberry32): fuzz runs repeat exactly. */
-export function prng(seed: number): () => number {
-	let a = seed >>> 0;
-	return () => {
-		a = (a + 0x6d2b79f5) >>> 0;
-		let t = a;
-		t = Math.imul(t ^ (t >>> 15), t | 1);
-		t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-		return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-	};
 }
 
 /** First differing byte, for a readable failure. */

@@ -12,21 +12,12 @@ import { plugin } from '../../src/plugins/qcow2/index.js';
 import { OFFSET_MASK, parseHeader } from '../../src/plugins/qcow2/layout.js';
 import type { Image, MapDecision, ScratchArea } from '../../src/plugins/types.js';
 import { qemuCreate, qemuImg, qemuIo, tempDir } from '../support/qemu-img.js';
+import { prng } from '../support/prng.js';
 
 const ITERATIONS = Number(process.env.DMU_QCOW2_FUZZ ?? 10_000);
 const { dir, cleanup } = await tempDir('dmu-qcow2-fuzz-', true);
 t.teardown(cleanup);
 
-function prng(seed: number): () => number {
-	let a = seed >>> 0;
-	return () => {
-		a = (a + 0x6d2b79f5) >>> 0;
-		let x = a;
-		x = Math.imul(x ^ (x >>> 15), x | 1);
-		x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-		return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-	};
-}
 
 interface Seed {
 	name: string;

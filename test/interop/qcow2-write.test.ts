@@ -12,21 +12,11 @@ import { BlockEngine } from '../../src/plugins/engine.js';
 import { ImageFile } from '../../src/plugins/qcow2/file.js';
 import { plugin } from '../../src/plugins/qcow2/index.js';
 import { qemuCheck, qemuCompare, qemuCreate, qemuImg, qemuImgRaw, qemuIo, qemuRead, tempDir } from '../support/qemu-img.js';
+import { prng } from '../support/prng.js';
 
 const { dir, cleanup } = await tempDir('dmu-qcow2-write-');
 t.teardown(cleanup);
 
-/** Deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-	let a = seed >>> 0;
-	return () => {
-		a = (a + 0x6d2b79f5) >>> 0;
-		let x = a;
-		x = Math.imul(x ^ (x >>> 15), x | 1);
-		x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-		return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-	};
-}
 
 /** Random writes through the engine, mirrored into `expected`. */
 async function randomWrites(path: string, expected: Buffer, seed: number, count: number, maxLen: number, opts = {}): Promise<BlockEngine> {

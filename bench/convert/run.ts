@@ -71,30 +71,23 @@ function makeRaw(file: string, sizeGib: number, fillPct: number): { dataBlocks: 
 	const blocks = (sizeGib * 1024 * 1024 * 1024) / BLOCK;
 	const state = new Uint8Array(blocks); // 0 hole, 1 data, 2 written zeros
 	const rnd = prng(6);
-	const want = Math.floor((blocks * fillPct) / 100);
-	let data = 0;
-	while (data < want) {
-		const len = Math.min(1 + Math.floor(rnd() * 32), want - data);
-		const at = Math.floor(rnd() * (blocks - len));
-		for (let i = at; i < at + len; i++) {
-			if (state[i] === 0) {
-				state[i] = 1;
-				data++;
+	// Mark `want` holes as `kind`, in extents of 1..maxLen blocks at random places.
+	const place = (want: number, maxLen: number, kind: number): number => {
+		let placed = 0;
+		while (placed < want) {
+			const len = Math.min(1 + Math.floor(rnd() * maxLen), want - placed);
+			const at = Math.floor(rnd() * (blocks - len));
+			for (let i = at; i < at + len; i++) {
+				if (state[i] === 0) {
+					state[i] = kind;
+					placed++;
+				}
 			}
 		}
-	}
-	const wantZero = Math.floor(blocks / 50);
-	let zero = 0;
-	while (zero < wantZero) {
-		const len = Math.min(1 + Math.floor(rnd() * 64), wantZero - zero);
-		const at = Math.floor(rnd() * (blocks - len));
-		for (let i = at; i < at + len; i++) {
-			if (state[i] === 0) {
-				state[i] = 2;
-				zero++;
-			}
-		}
-	}
+		return placed;
+	};
+	const data = place(Math.floor((blocks * fillPct) / 100), 32, 1);
+	const zero = place(Math.floor(blocks / 50), 64, 2);
 	const fd = fs.openSync(file, 'w');
 	try {
 		fs.ftruncateSync(fd, blocks * BLOCK);

@@ -34,7 +34,7 @@ import { type ImageLock, lockImage } from './lock.js';
 import { controlPath, keyOf, mapperPath, validateName } from './names.js';
 import { ScratchFile } from './scratch.js';
 import { DeviceCapacity } from './capacity.js';
-import { Worker } from './worker.js';
+import { diskSectors, Worker } from './worker.js';
 
 export interface CowdOptions {
 	plugin: string;
@@ -72,9 +72,9 @@ export function tableLine(
 	devs: readonly string[],
 	o: Pick<CowdOptions, 'daemonTimeout' | 'maxMappings'>,
 ): string {
-	// The disk is exactly the image's size: the target takes a short last
-	// block (rounding up showed the guest sectors other tools never see).
-	const sectors = (image.virtualSize + 511n) / 512n;
+	// Not rounded up to a whole block: that showed the guest sectors other
+	// tools never see.
+	const sectors = diskSectors(image);
 	const feats: string[] = [];
 	if (o.daemonTimeout !== undefined) feats.push('daemon_timeout', String(o.daemonTimeout));
 	if (o.maxMappings !== undefined) feats.push('max_mappings', String(o.maxMappings));

@@ -16,6 +16,12 @@ import { toReply } from './reply.js';
 
 const EIO = 5;
 
+/**
+ * The disk's length in sectors: exactly the image's size, so the last block
+ * may be short (the kernel's dmu_block_len() gives each block its length).
+ */
+export const diskSectors = (image: Pick<Image, 'virtualSize'>): bigint => (image.virtualSize + 511n) / 512n;
+
 export interface WorkerStats {
 	batches: number;
 	maps: number;
@@ -100,7 +106,7 @@ export class Worker {
 					try {
 						// As the kernel checks it: a short last block needs only its own sectors.
 						const bs = BigInt(this.image.blockSize / 512);
-						const left = (this.image.virtualSize + 511n) / 512n - m.block * bs;
+						const left = diskSectors(this.image) - m.block * bs;
 						const len = left < bs ? left : bs;
 						await this.capacity.ensure(d.dev, d.sector + len);
 						if (d.copyFrom) await this.capacity.ensure(d.copyFrom.dev, d.copyFrom.sector + len);

@@ -21,7 +21,7 @@ COW_S=$((COW_MIB * 2048))
 DISK_S=$(blockdev --getsz /dev/vda)
 FS_OFF=$((BASE_S + COW_S))
 FS_S=$((DISK_S - FS_OFF))
-COWD="node dist/src/cli/cowd.js"
+COWD="node dist/bin/cowd.mjs"
 ip link set lo up 2>/dev/null || true
 
 modprobe dm-mod
@@ -83,7 +83,7 @@ setup() {
 		echo /dev/mapper/b-thin
 		;;
 	dscow)
-		node dist/src/cli/dscow_tool.js -c /mnt/s/d.dscow /dev/mapper/base -b "$BS_BYTES" >"$DMU_OUT/dscow-create.txt" 2>&1 || return 1
+		node dist/bin/dscow_tool.mjs -c /mnt/s/d.dscow /dev/mapper/base -b "$BS_BYTES" >"$DMU_OUT/dscow-create.txt" 2>&1 || return 1
 		$COWD -p dscow b-dscow /mnt/s/d.dscow /dev/mapper/base >"$DMU_OUT/cowd-dscow.log" 2>&1 &
 		CPID=$!
 		wait_dmu b-dscow || { tail -2 "$DMU_OUT/cowd-dscow.log" >&2; return 1; }
@@ -215,7 +215,7 @@ done
 # cowd's resident memory for a 1 TiB virtual dscow disk (sparse base and image on ext4).
 if [[ " $SYSTEMS " == *" dscow "* ]]; then
 	truncate -s 1T /mnt/s/big.base
-	if node dist/src/cli/dscow_tool.js -c /mnt/s/big.dscow /mnt/s/big.base -b "$BS_BYTES" >/dev/null 2>"$DMU_OUT/big.err"; then
+	if node dist/bin/dscow_tool.mjs -c /mnt/s/big.dscow /mnt/s/big.base -b "$BS_BYTES" >/dev/null 2>"$DMU_OUT/big.err"; then
 		$COWD -p dscow b-big /mnt/s/big.dscow /mnt/s/big.base >"$DMU_OUT/cowd-big.log" 2>&1 &
 		CPID=$!
 		if wait_dmu b-big; then

@@ -144,7 +144,7 @@ runMain('bench', async () => {
 	const kernel = guestKernels().find((k) => k.series === o.kernel);
 	if (!kernel) throw new DmuError('DMU_ERR_BENCH_KERNEL', `no ${o.kernel} guest kernel in /boot (run .ci/install-deps)`);
 	await ensureModule(kernel.kver);
-	for (const f of ['dist/src/cli/cowd.js', 'dist/src/cli/dscow_tool.js']) {
+	for (const f of ['dist/bin/cowd.mjs', 'dist/bin/dscow_tool.mjs']) {
 		if (!fs.existsSync(path.join(REPO_ROOT, f))) throw new DmuError('DMU_ERR_BENCH_BUILD', `${f} is missing: run npm run build`);
 	}
 	for (const tool of ['fio', 'qemu-nbd', 'qemu-img', 'nbdkit', 'nbd-client']) {

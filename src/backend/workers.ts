@@ -10,7 +10,7 @@
  * Each cowd logs to /var/log/dmu/<name>.log (DMU_LOG_DIR).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,7 +20,14 @@ import { formatTargetSpec, type TargetSpec } from './target-spec.js';
 
 export const runDir = () => process.env.DMU_RUN_DIR ?? '/run/dmu';
 export const logDir = () => process.env.DMU_LOG_DIR ?? '/var/log/dmu';
-const cowdCli = fileURLToPath(new URL('../cli/cowd.js', import.meta.url));
+/**
+ * cowd's entry point: its bundle beside this one when running from
+ * dist/bin/ (see tools/build/bundle.ts), else the compiled tree.
+ */
+function cowdCli(): string {
+	const bundled = fileURLToPath(new URL('./cowd.mjs', import.meta.url));
+	return existsSync(bundled) ? bundled : fileURLToPath(new URL('../cli/cowd.js', import.meta.url));
+}
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$/;
 
@@ -85,7 +92,7 @@ export async function startWorker(spec: TargetSpec, opts: AttachOptions): Promis
 	const running = await readPid(name);
 	if (running && alive(running) && (await stat(dev).catch(() => undefined))) return dev; // attaching twice is a no-op
 	const log = join(logDir(), `${name}.log`);
-	const args = [cowdCli, '-p', spec.format, name, spec.image, ...(spec.base ? [spec.base] : [])];
+	const args = [cowdCli(), '-p', spec.format, name, spec.image, ...(spec.base ? [spec.base] : [])];
 	if (opts.readOnly) args.push('--read-only');
 	const logStart = (await stat(log).catch(() => undefined))?.size ?? 0;
 	const fd = openSync(log, 'a');

@@ -15,7 +15,7 @@ import t from 'tap';
 import { startXenstored, type Xenstored } from '../support/xenstored.js';
 
 const repo = fileURLToPath(new URL('../../../', import.meta.url));
-const dmu = join(repo, 'dist/src/cli/dmu.js');
+const dmu = join(repo, 'dist/bin/dmu.mjs');
 
 let xs: Xenstored;
 let dir: string;

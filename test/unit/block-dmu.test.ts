@@ -25,7 +25,7 @@ t.before(async () => {
 	// What installing does: block-dmu beside Xen's common scripts.
 	for (const f of readdirSync(XEN_SCRIPTS)) if (f.endsWith('.sh')) symlinkSync(join(XEN_SCRIPTS, f), join(dir, f));
 	copyFileSync(join(repo, 'tools/xen-scripts/block-dmu'), join(dir, 'block-dmu'));
-	writeFileSync(join(dir, 'dmu'), `#!/bin/sh\nexec "${process.execPath}" "${join(repo, 'dist/src/cli/dmu.js')}" "$@"\n`);
+	writeFileSync(join(dir, 'dmu'), `#!/bin/sh\nexec "${process.execPath}" "${join(repo, 'dist/bin/dmu.mjs')}" "$@"\n`);
 	chmodSync(join(dir, 'dmu'), 0o755);
 });
 t.teardown(async () => {

@@ -6,8 +6,8 @@ RES=$DMU_OUT/results.txt
 check() { local n=$1; shift; if "$@" >>$DMU_OUT/checks.log 2>&1; then echo "ok - $n" >>"$RES"; else echo "not ok - $n # $*" >>"$RES"; fi; }
 eq() { [ "$1" = "$2" ] || { echo "expected '$2', got '$1'"; return 1; }; }
 copies() { dmsetup status "$1" | awk '{ print $7 }'; }
-COWD="node dist/src/cli/cowd.js"
-TOOL="node dist/src/cli/dscow_tool.js"
+COWD="node dist/bin/cowd.mjs"
+TOOL="node dist/bin/dscow_tool.mjs"
 wait_dev() { for i in $(seq 300); do [ -b /dev/mapper/$1 ] && [ "$(dmsetup status $1 | awk '{print $12}')" = daemon=connected ] && return 0; sleep 0.1; done; return 1; }
 start() { # start NAME IMAGE [args]: cowd in the background, pid in CP
 	local n=$1; shift
@@ -71,7 +71,7 @@ check "SIGTERM: cowd exits 0" eq "$rc" 0
 check "SIGTERM: device removed" gone t1
 check "SIGTERM: loop devices gone" eq "$(losetup -a | wc -l)" 0
 check "image marked clean" grep -q '^Clean: *yes' <($TOOL -i /mnt/d/a.dscow)
-check "dmu check clean" node dist/src/cli/dmu.js check /mnt/d/a.dscow
+check "dmu check clean" node dist/bin/dmu.mjs check /mnt/d/a.dscow
 check "base unchanged after mkfs and files" sha256sum -c --status <(sed 's|-$|/mnt/d/base.img|' /mnt/d/base.sha)
 
 check "reattach" start t1 /mnt/d/a.dscow
@@ -103,7 +103,7 @@ wait $FP; rc=$?
 check "fio verify across kill -9: no error" eq "$rc" 0
 kill -TERM $CP; wait $CP
 check "t2 removed" gone t2
-check "dmu check after kill -9 run: no corruption" bash -c 'node dist/src/cli/dmu.js check /mnt/d/b.dscow; [ $? -ne 2 ]'
+check "dmu check after kill -9 run: no corruption" bash -c 'node dist/bin/dmu.mjs check /mnt/d/b.dscow; [ $? -ne 2 ]'
 start t2 /mnt/d/b.dscow
 check "fio data persisted across kill -9, takeover and detach" $FIO --verify_only --output=$DMU_OUT/fio-reverify.txt
 kill -TERM $CP; wait $CP

@@ -17,7 +17,7 @@ modprobe dm-log-writes && modprobe dm-snapshot || exit 11
 cpt() { check "$@"; }
 
 REPLAY="node dist/tools/log-writes/replay.js"
-COWD="node dist/src/cli/cowd.js"
+COWD="node dist/bin/cowd.mjs"
 W=/tmp/pc # guest RAM: the list of fsynced records lives outside the disks under test
 D=/mnt/d  # the image's file system; the same path during the workload and the checks
 T=/mnt/t  # the ext4 inside the dscow disk
@@ -56,7 +56,7 @@ make_base() {
 	umount /mnt/b && sync
 }
 check "base: 64 MiB ext4 with 24 files" make_base
-check "dscow image created over a 64 MiB base" node dist/src/cli/dmu.js create -f dscow -b $D/base.img $D/img.dscow
+check "dscow image created over a 64 MiB base" node dist/bin/dmu.mjs create -f dscow -b $D/base.img $D/img.dscow
 sync
 check "cowd attaches the image" start_cowd pc
 mount /dev/mapper/pc $T && sync -f $T

@@ -12,8 +12,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 node=${NODE:-node}
-dmu() { "$node" "$repo/dist/src/cli/dmu.js" "$@"; }
-dscow_tool() { "$node" "$repo/dist/src/cli/dscow_tool.js" "$@"; }
+dmu() { "$node" "$repo/dist/bin/dmu.mjs" "$@"; }
+dscow_tool() { "$node" "$repo/dist/bin/dscow_tool.mjs" "$@"; }
 work=$(mktemp -d /tmp/dmu-demo.XXXXXX)
 mnt=$work/mnt
 name=dmu-demo
@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 attach() {
-	"$node" "$repo/dist/src/cli/cowd.js" -p dscow "$name" "$work/disk.dscow" \
+	"$node" "$repo/dist/bin/cowd.mjs" -p dscow "$name" "$work/disk.dscow" \
 		2>>"$work/cowd.log" &
 	COWD=$!
 	for _ in $(seq 100); do

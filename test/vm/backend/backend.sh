@@ -8,7 +8,7 @@ export PATH=/tmp/bin:$PATH
 
 load_dmu || exit 10
 mkdir -p /tmp/bin /tmp/scripts /tmp/xs
-printf '#!/bin/sh\nexec node %s/dist/src/cli/dmu.js "$@"\n' "$PWD" >/tmp/bin/dmu
+printf '#!/bin/sh\nexec node %s/dist/bin/dmu.mjs "$@"\n' "$PWD" >/tmp/bin/dmu
 chmod +x /tmp/bin/dmu
 ln -s /etc/xen/scripts/*.sh /tmp/scripts/
 cp tools/xen-scripts/block-dmu /tmp/scripts/
@@ -20,7 +20,7 @@ wait_for xenstore-exists / || exit 11
 
 dd if=/dev/urandom of=/tmp/base bs=1M count=32 status=none
 base_sum=$(sha256sum </tmp/base)
-node dist/src/cli/dscow_tool.js -c /tmp/x.dscow /tmp/base >"$DMU_OUT/dscow_tool.txt" || exit 12
+node dist/bin/dscow_tool.mjs -c /tmp/x.dscow /tmp/base >"$DMU_OUT/dscow_tool.txt" || exit 12
 dd if=/dev/urandom of=/tmp/pat bs=4k count=16 status=none
 
 dmu backend >"$DMU_OUT/backend.log" 2>&1 &
@@ -93,6 +93,6 @@ check "... with hotplug-status error" eq "$(xenstore-read /local/domain/0/backen
 check "... and nothing left" bash -c '[ -z "$(dmsetup ls | grep dmu-xen)" ] && [ -z "$(losetup -a)" ]'
 
 kill "$BACKEND"
-node dist/src/cli/dmu.js check /tmp/x.dscow >"$DMU_OUT/check.txt" 2>&1
+node dist/bin/dmu.mjs check /tmp/x.dscow >"$DMU_OUT/check.txt" 2>&1
 check "dmu check: the dscow is clean" test $? -eq 0
 exit 0

@@ -36,7 +36,7 @@ leftovers() {
 	[ -n "$d" ] && echo "dmsetup ls: $d"
 	d=$(losetup -a)
 	[ -n "$d" ] && echo "losetup -a: $d"
-	d=$(pgrep -af 'cli/cowd\.js')
+	d=$(pgrep -af '/cowd\.m?js')
 	[ -n "$d" ] && echo "cowd: $d"
 	return 0
 }
@@ -76,7 +76,7 @@ readback() {
 	return $st
 }
 guest_done() { grep -h 'DMU-DOMU-DONE\|wrote the pattern\|IO-' "$DMU_OUT/guest-console/guest-$1.log" 2>/dev/null | tail -n 3; grep -q 'DMU-DOMU-DONE rc=0' "$DMU_OUT/guest-console/guest-$1.log"; }
-new_dscow() { node dist/src/cli/dscow_tool.js -c "$1" /run/base >/dev/null; }
+new_dscow() { node dist/bin/dscow_tool.mjs -c "$1" /run/base >/dev/null; }
 xl_create() { # xl_create STEP CFG [xl args]: record xl's status and stderr
 	local name=$1 cfg=$2 out st
 	shift 2
@@ -91,7 +91,7 @@ want() { [[ " ${DMU_SCENARIOS:-s1 s2 s3 s4 s5 s6 s7} " == *" $1 "* ]]; }
 # --- setup -----------------------------------------------------------------
 # A `dmu` command for block-dmu: libxl gives hotplug scripts xl's PATH.
 mkdir -p /run/dmu-bin
-printf '#!/bin/sh\nexec node %s/dist/src/cli/dmu.js "$@"\n' "$PWD" >/run/dmu-bin/dmu
+printf '#!/bin/sh\nexec node %s/dist/bin/dmu.mjs "$@"\n' "$PWD" >/run/dmu-bin/dmu
 chmod +x /run/dmu-bin/dmu
 export PATH=/run/dmu-bin:$PATH
 
@@ -137,7 +137,7 @@ dmu_guest_cfg g3 'vdev=xvda, access=rw, script=block-dmu, target=dscow:/run/z.ds
 xl_create s3-create-paused /run/g3.cfg -p
 domid=$(xl domid g3)
 check s3-device-there eq "$(dmu_devs)" "dmu-xen-$domid-51712 "
-check s3-cowd-running pgrep -f 'cli/cowd\.js'
+check s3-cowd-running pgrep -f '/cowd\.m?js'
 check s3-loops-there bash -c '[ -n "$(losetup -a)" ] && losetup -a'
 check s3-backend-connected eq "$(xenstore-read "/local/domain/0/backend/vbd/$domid/51712/hotplug-status")" connected
 check s3-destroy xl destroy g3
@@ -153,8 +153,8 @@ dmu_guest_cfg g4b 'vdev=xvda, access=rw, script=block-dmu, target=dscow:/run/b.d
 xl_create s4-create-first /run/g4a.cfg -p
 xl_create s4-create-second /run/g4b.cfg -p
 check s4-two-devices eq "$(n_dmu_devs)" 2
-dmu_step s4-devices 0 "$(dmu_devs); $(pgrep -f 'cli/cowd\.js' | wc -l) cowd; $(losetup -a | wc -l) loops"
-check s4-two-cowd eq "$(pgrep -f 'cli/cowd\.js' | wc -l)" 2
+dmu_step s4-devices 0 "$(dmu_devs); $(pgrep -f '/cowd\.m?js' | wc -l) cowd; $(losetup -a | wc -l) loops"
+check s4-two-cowd eq "$(pgrep -f '/cowd\.m?js' | wc -l)" 2
 check s4-destroy-first xl destroy g4a
 check s4-second-still-there eq "$(n_dmu_devs)" 1
 check s4-destroy-second xl destroy g4b

@@ -11,7 +11,9 @@ export { checkName, defaultName } from './workers.js';
 
 export async function attach(spec: TargetSpec, opts: AttachOptions): Promise<string> {
 	checkName(opts.name);
-	const reply = await askBackend({ op: 'attach', spec: formatTargetSpec(spec), name: opts.name, readOnly: opts.readOnly });
+	const req = { op: 'attach', spec: formatTargetSpec(spec), name: opts.name, readOnly: opts.readOnly, timeoutSec: opts.timeoutSec } as const;
+	// The daemon gets the same bound, plus a margin to send its answer.
+	const reply = await askBackend(req, opts.timeoutSec === undefined ? undefined : (opts.timeoutSec + 5) * 1000);
 	if (reply?.dev) return reply.dev;
 	return startWorker(spec, opts);
 }

@@ -10,7 +10,7 @@ import { DmuError } from '../errors.js';
 import { runDir } from './workers.js';
 
 export type BackendRequest =
-	| { op: 'attach'; spec: string; name: string; readOnly?: boolean }
+	| { op: 'attach'; spec: string; name: string; readOnly?: boolean; timeoutSec?: number }
 	| { op: 'detach'; name: string }
 	| { op: 'list' };
 

@@ -118,7 +118,7 @@ export class Backend {
 		switch (req.op) {
 			case 'attach': {
 				const spec = parseTargetSpec(req.spec);
-				const dev = await this.#serialised(req.name, () => startWorker(spec, { name: req.name, readOnly: req.readOnly }));
+				const dev = await this.#serialised(req.name, () => startWorker(spec, { name: req.name, readOnly: req.readOnly, timeoutSec: req.timeoutSec }));
 				this.#log.info({ disk: req.name, spec: req.spec, dev }, 'attached');
 				return { ok: true, dev };
 			}

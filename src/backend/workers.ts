@@ -122,7 +122,7 @@ export async function startWorker(spec: TargetSpec, opts: AttachOptions): Promis
 		}
 		if (Date.now() > deadline) {
 			process.kill(pid, 'SIGTERM');
-			throw new DmuError('DMU_ERR_ATTACH', `cannot attach ${name}: ${dev} did not appear within ${opts.timeoutSec ?? 30} s (log: ${log})`);
+			throw new DmuError('DMU_ERR_ATTACH', `cannot attach ${name}: ${dev} did not appear within ${Math.round(opts.timeoutSec ?? 30)} s (log: ${log})`);
 		}
 		await sleep(50);
 	}

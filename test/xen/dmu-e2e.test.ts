@@ -9,10 +9,10 @@
  * passed. See test/xen/dmu/README.md.
  */
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { readSteps, runInXen, xenArtifacts } from '../support/xen.js';
 import { repoRoot } from './harness/build.js';
 
@@ -138,5 +138,25 @@ t.test('dmu disks under Xen 4.17: xl create, teardown, sharing, refusals, daemon
 		if (s) t.ok(s.ok, `step ${name} (status ${s.status}: ${s.detail.slice(0, 600)})`);
 	}
 	t.same(r.kernelProblems, [], 'no kernel or hypervisor warnings (Xen, dom0, guests)');
-	if (r.exitCode !== 0 || steps.some((s) => !s.ok)) t.comment(r.console.split('\n').slice(-40).join('\n'));
+	if (r.exitCode !== 0 || steps.some((s) => !s.ok)) {
+		t.comment(r.console.split('\n').slice(-40).join('\n'));
+		await postMortem(t, r.outDir);
+	}
 });
+
+/**
+ * A CI log is all there is after a failed CI run: print the end of each
+ * guest's xl log (libxl's view of the hotplug script) and of each disk's
+ * cowd log, with the run directory they came from.
+ */
+async function postMortem(t: Test, outDir: string): Promise<void> {
+	const tails: string[] = [];
+	for (const dir of ['xen-logs', 'dmu-logs']) {
+		const files = await readdir(join(outDir, dir)).catch(() => [] as string[]);
+		for (const f of files.filter((f) => f.endsWith('.log') && (dir === 'dmu-logs' || f.startsWith('xl-')))) {
+			const text = await readFile(join(outDir, dir, f), 'utf8').catch(() => '');
+			tails.push(`--- ${dir}/${f} (last 12 lines)`, ...text.trimEnd().split('\n').slice(-12));
+		}
+	}
+	t.comment(tails.join('\n'));
+}

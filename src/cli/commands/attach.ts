@@ -5,6 +5,7 @@
 import type { Command } from 'commander';
 import { attach, checkName, defaultName, detach } from '../../backend/attach.js';
 import { parseTargetSpec } from '../../backend/target-spec.js';
+import { DmuError } from '../../errors.js';
 
 const SPEC_HELP = `
 SPEC is <format>:<image>[:<base>], e.g.
@@ -23,11 +24,17 @@ export function register(program: Command): void {
 		.argument('<spec>', 'disk spec: <format>:<image>[:<base>]')
 		.option('-n, --name <name>', 'device name (default: dmu-<image file name>)')
 		.option('-r, --read-only', 'attach read-only (Xen mode "r")')
-		.option('--timeout <seconds>', 'how long to wait for the device', '30')
+		.option('--timeout <seconds>', 'give up (and stop cowd) if the device does not serve I/O within this many seconds of the command starting', '30')
 		.addHelpText('after', SPEC_HELP)
 		.action(async (specText: string, opts: { name?: string; readOnly?: boolean; timeout: string }) => {
 			const spec = parseTargetSpec(specText);
-			const dev = await attach(spec, { name: opts.name ?? defaultName(spec), readOnly: opts.readOnly, timeoutSec: Number(opts.timeout) });
+			const total = Number(opts.timeout);
+			if (!(total > 0)) throw new DmuError('DMU_ERR_USAGE', `--timeout: expected a number of seconds, got "${opts.timeout}"`, 2);
+			// The bound counts from this process's start: under emulation Node's
+			// own start-up is a large part of it, and block-dmu must be done
+			// within libxl's 40 s or libxl kills it half way.
+			const left = Math.max(1, total - process.uptime());
+			const dev = await attach(spec, { name: opts.name ?? defaultName(spec), readOnly: opts.readOnly, timeoutSec: left });
 			process.stdout.write(`${dev}\n`);
 		});
 	program

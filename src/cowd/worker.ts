@@ -64,13 +64,20 @@ export class Worker {
 
 	async #serve(msgs: DmuMessage[]): Promise<void> {
 		this.stats.batches++;
-		// One plugin call at a time: not every format serialises its own
-		// allocations (two concurrent writes to new blocks could be given the
-		// same place in the file), and answers still go back in one batch.
+		// One plugin call at a time unless the image says map() may overlap:
+		// not every format serialises its own allocations (two concurrent
+		// writes to new blocks could be given the same place in the file).
+		// Overlapping or not, a message other than MAP (a commit) is a
+		// barrier: it sees exactly the maps before it in the batch. Answers
+		// go back in one batch.
 		const replies: DaemonMessage[] = [];
-		for (const m of msgs) {
-			const r = await this.#handle(m);
-			if (r) replies.push(r);
+		const concurrent = this.image.capabilities.concurrentMap === true;
+		for (let i = 0; i < msgs.length; ) {
+			let end = i + 1;
+			if (concurrent) while (end < msgs.length && msgs[i]!.type === MsgType.MAP && msgs[end]!.type === MsgType.MAP) end++;
+			const answers = await Promise.all(msgs.slice(i, end).map((m) => this.#handle(m)));
+			for (const r of answers) if (r) replies.push(r);
+			i = end;
 		}
 		if (replies.length === 0) return;
 		try {

@@ -78,6 +78,13 @@ export interface Capabilities {
 	 * without asking map() block by block.
 	 */
 	linear?: boolean;
+	/**
+	 * map() may run for several blocks at once. The kernel never asks about
+	 * one block twice at a time, so this holds when placing a new block
+	 * touches no state shared with other blocks (dscow: fixed offsets; raw).
+	 * Without it cowd answers a batch one request after another.
+	 */
+	concurrentMap?: boolean;
 }
 
 export interface Image {

@@ -231,3 +231,26 @@ t.test('block sizes 4 KiB and 2 MiB', async (t) => {
 		await e.close();
 	}
 });
+
+t.test('a batch of first touches at once: every bit reaches the live bitmap and survives a daemon restart', async (t) => {
+	const { image } = await setup(t, 8 << 20); // 128 blocks: four live-bitmap words
+	const img = await plugin.open(image);
+	const blocks = Array.from({ length: 100 }, (_, i) => BigInt((i * 37) % 128));
+	const unique = [...new Set(blocks)];
+	// As cowd answers a batch when the image allows overlapping map() calls.
+	t.equal(img.capabilities.concurrentMap, true, 'dscow allows overlapping map() calls');
+	const ds = await Promise.all(unique.map((block) => img.map({ block, write: true, wholeBlock: true, roFault: false })));
+	t.ok(ds.every((d) => d.kind === 'map' && d.dev === 0 && !d.durable), 'every block allocated, none durable yet');
+	// The daemon dies here without a commit; a new one resumes.
+	const again = await plugin.open(image, { resume: true });
+	const seen = await Promise.all(unique.map((block) => again.map({ block, write: false, wholeBlock: false, roFault: false })));
+	t.ok(
+		seen.every((d) => d.kind === 'map' && d.dev === 0 && d.durable === false),
+		'all allocations found in the live bitmap',
+	);
+	const untouched = Array.from({ length: 128 }, (_, i) => BigInt(i)).find((b) => !unique.includes(b))!;
+	const fresh = await again.map({ block: untouched, write: false, wholeBlock: false, roFault: false });
+	t.match(fresh, { dev: 1 }, 'a block never touched still reads from the base');
+	await again.close();
+	t.equal((await plugin.info(image)).allocatedBlocks, BigInt(unique.length), 'committed on close');
+});

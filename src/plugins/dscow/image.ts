@@ -74,6 +74,10 @@ export class DscowImage implements Image {
 	#pending = new Set<bigint>();
 	#commitChain: Promise<void> = Promise.resolve();
 	#liveChain: Promise<void> = Promise.resolve();
+	/** Live-bitmap words changed since the last live write started. */
+	#liveDirty = new Set<number>();
+	/** The live write that will carry #liveDirty, queued behind the running one. */
+	#liveNext: Promise<void> | undefined;
 	#lastPartial: { block: bigint; sector?: Promise<bigint> } | undefined;
 	#closed = false;
 
@@ -96,7 +100,7 @@ export class DscowImage implements Image {
 		const bs = BigInt(header.blockSize);
 		const partial = basePath !== undefined && header.base.size % bs !== 0n;
 		if (partial) this.#lastPartial = { block: header.base.size / bs };
-		this.capabilities = { write: !readOnly, flush: !readOnly, scratch: partial };
+		this.capabilities = { write: !readOnly, flush: !readOnly, scratch: partial, concurrentMap: true };
 	}
 
 	static async open(path: string, opts: OpenOptions = {}): Promise<DscowImage> {
@@ -218,17 +222,32 @@ export class DscowImage implements Image {
 	}
 
 	/**
-	 * Write the block's word to the live bitmap (no fsync: it only has to
-	 * survive the daemon, not the host). Writes are chained and each encodes
-	 * the word when it runs, so the last write always carries every bit.
+	 * Get the block's word into the live bitmap (no fsync: it only has to
+	 * survive the daemon, not the host). One write at a time; every word
+	 * changed while one runs goes out together in the next, encoded when it
+	 * starts, so a batch of first touches costs one or two writes, not one
+	 * each, and the last write always carries every bit.
 	 */
 	#recordLive(block: bigint): Promise<void> {
-		const w = Number(block) >>> 5;
-		const run = this.#liveChain.then(() =>
-			this.fh.write(this.bitmap.encode(w, 1), 0, 4, Number(this.header.liveOffset) + w * 4).then(() => undefined),
-		);
-		this.#liveChain = run.catch(() => undefined);
-		return run;
+		this.#liveDirty.add(Number(block) >>> 5);
+		if (!this.#liveNext) {
+			const next = this.#liveChain.then(() => {
+				this.#liveNext = undefined;
+				return this.#writeLive();
+			});
+			this.#liveNext = next;
+			this.#liveChain = next.catch(() => undefined);
+		}
+		return this.#liveNext;
+	}
+
+	async #writeLive(): Promise<void> {
+		const words = [...this.#liveDirty].sort((a, b) => a - b);
+		this.#liveDirty.clear();
+		const writes = Bitmap.runs(words).map(([first, count]) => ({ first, buf: this.bitmap.encode(first, count) }));
+		for (const { first, buf } of writes) {
+			await this.fh.write(buf, 0, buf.length, Number(this.header.liveOffset) + first * 4);
+		}
 	}
 
 	commit(): Promise<void> {

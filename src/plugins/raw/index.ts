@@ -28,7 +28,7 @@ class RawImage implements Image {
 		this.blockSize = fitBlock(virtualSize, BLOCK);
 		this.#spb = BigInt(this.blockSize / 512);
 		this.devices = [{ path, writable }];
-		this.capabilities = { write: writable, flush: false, scratch: false, linear: true };
+		this.capabilities = { write: writable, flush: false, scratch: false, linear: true, concurrentMap: true };
 	}
 	async map(req: MapRequest): Promise<MapDecision> {
 		if (req.block < 0n || req.block * BigInt(this.blockSize) >= this.virtualSize) return { kind: 'error', errno: 5 };

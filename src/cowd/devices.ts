@@ -6,7 +6,8 @@
  * them: the kernel then only marks them autoclear, and they vanish by
  * themselves when the dm device is removed, even if cowd is long gone.
  */
-import { readFile, realpath, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, readFile, realpath, stat } from 'node:fs/promises';
 import { execa } from 'execa';
 import type { Logger } from 'pino';
 import { DmuError } from '../errors.js';
@@ -33,6 +34,9 @@ export async function checkKernel(): Promise<void> {
 	}
 	// Loop devices for image files: the loop driver is a module on Debian.
 	if (!(await stat('/dev/loop-control').then(() => true, () => false))) await tool('modprobe', ['loop']);
+	// Our module loaded registers the target: no need to start dmsetup
+	// (every process counts inside libxl's hotplug time limit).
+	if (await stat('/sys/module/dmu').then(() => true, () => false)) return;
 	const r = await tool('dmsetup', ['targets']);
 	if (r.exitCode !== 0) throw new DmuError('DMU_ERR_NO_DM', `dmsetup targets failed: ${firstLine(r.stderr)}`);
 	if (!/^userspace\s/m.test(r.stdout)) {
@@ -42,10 +46,28 @@ export async function checkKernel(): Promise<void> {
 
 export const isBlockDevice = async (path: string) => (await stat(path)).isBlockDevice();
 
+/**
+ * Can `file` be opened with O_DIRECT at all? tmpfs and some network file
+ * systems say EINVAL; asking here costs no process, where a refused
+ * `losetup --direct-io=on` costs one (a second or more in an emulated Xen
+ * dom0, inside libxl's hotplug time limit).
+ */
+async function openableDirect(file: string, readOnly: boolean): Promise<boolean> {
+	try {
+		const fh = await open(file, (readOnly ? constants.O_RDONLY : constants.O_RDWR) | constants.O_DIRECT);
+		await fh.close();
+		return true;
+	} catch (e) {
+		return (e as NodeJS.ErrnoException).code !== 'EINVAL';
+	}
+}
+
 /** Attach a file as a loop device; direct I/O when the file system allows it. */
 export async function attachLoop(file: string, readOnly: boolean, directIo: boolean, log: Logger): Promise<string> {
 	const base = ['--find', '--show', ...(readOnly ? ['--read-only'] : [])];
-	if (directIo) {
+	if (directIo && !(await openableDirect(file, readOnly))) {
+		log.info({ file }, 'the backing file system does not do direct I/O (O_DIRECT: EINVAL), using buffered loop');
+	} else if (directIo) {
 		const r = await tool('losetup', [...base, '--direct-io=on', file]);
 		if (r.exitCode === 0) return r.stdout.trim();
 		log.info({ file, err: firstLine(r.stderr) }, 'direct I/O refused by the backing file system, using buffered loop');

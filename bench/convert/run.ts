@@ -19,7 +19,7 @@ import { DmuError } from '../../src/errors.js';
 import { prng } from '../../test/support/prng.js';
 
 const REPO_ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../..');
-const DMU = path.join(REPO_ROOT, 'dist/src/cli/dmu.js');
+const DMU = path.join(REPO_ROOT, 'dist/bin/dmu.mjs');
 const BLOCK = 64 * 1024;
 const GOAL = 1.0;
 

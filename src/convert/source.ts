@@ -12,6 +12,7 @@ import { DmuError } from '../errors.js';
 import { ImageFile } from '../plugins/raw/io.js';
 import { pluginFor } from '../plugins/registry.js';
 import type { Image, OpenOptions, ScratchArea } from '../plugins/types.js';
+import { dataExtents, type Extents, overlaps } from './extents.js';
 
 class MemoryScratch implements ScratchArea {
 	#next = 0n;
@@ -46,6 +47,8 @@ export interface Chunk {
 
 export class SourceReader {
 	#files: ImageFile[] = [];
+	/** A linear image's data extents on device 0, when the file system tells. */
+	#extents: Extents | undefined;
 	private constructor(
 		readonly image: Image,
 		readonly format: string,
@@ -61,6 +64,7 @@ export class SourceReader {
 		const r = new SourceReader(image, plugin.name, scratch);
 		try {
 			for (const d of image.devices) r.#files.push(await ImageFile.open(d.path, false));
+			if (image.capabilities.linear && image.devices[0]) r.#extents = await dataExtents(image.devices[0].path);
 		} catch (e) {
 			await r.close();
 			throw e;
@@ -105,11 +109,21 @@ export class SourceReader {
 			run = undefined;
 		};
 		if (this.image.capabilities.linear && len > 0) {
-			// Nothing to ask: the disk is device 0 as it is.
-			run = { dev: 0, sector: offset / 512n, at: 0, len };
-			await flush();
+			// Nothing to ask: the disk is device 0 as it is. Read only what
+			// the file system says holds data; the holes stay zeros.
+			const end = offset + BigInt(len);
+			const parts = this.#extents ? overlaps(this.#extents, offset, end) : [[offset, end] as const];
+			const f = this.#files[0]!;
+			for (const [from, to] of parts) {
+				for (let p = from; p < to; p += BigInt(READ_PIECE)) {
+					const n = to - p < BigInt(READ_PIECE) ? Number(to - p) : READ_PIECE;
+					const r = f.readInto(data, Number(p - offset), p, n);
+					r.catch(() => undefined); // awaited below
+					reads.push(r);
+				}
+			}
 			await Promise.all(reads);
-			return { data, allZero: false };
+			return { data, allZero: parts.length === 0 };
 		}
 		for (let at = 0; at < len; ) {
 			const pos = offset + BigInt(at);

@@ -33,7 +33,7 @@ while (1) {
 
 export async function dataExtents(path: string): Promise<Extents | undefined> {
 	const r = await execa('perl', ['-e', LIST_DATA, path], { reject: false, stdin: 'ignore' }).catch(() => undefined);
-	if (!r || r.exitCode !== 0) return undefined;
+	if (r?.exitCode !== 0) return undefined;
 	const out: Array<readonly [bigint, bigint]> = [];
 	for (const line of r.stdout.split('\n')) {
 		if (!line) continue;

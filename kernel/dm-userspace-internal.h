@@ -90,9 +90,14 @@ struct dmu_target {
 	enum { DMU_COMMIT_IDLE, DMU_COMMIT_FLUSHING, DMU_COMMIT_WAITING }
 		commit_state;
 	struct dmu_out commit_out;	/* the DMU_MSG_COMMIT in flight */
-	u64 gen;			/* bumped for each installed mapping */
-	u64 commit_start_gen;
-	u64 committed_gen;		/* mappings up to here are durable */
+	/*
+	 * Map replies accepted so far, numbered 1, 2, ... (DMU_FEATURE_COMMIT_SEQ).
+	 * A commit covers a prefix of them: commit_start_seq when it starts,
+	 * committed_seq once the daemon has answered.
+	 */
+	u64 reply_seq;
+	u64 commit_start_seq;
+	u64 committed_seq;		/* mappings up to here are durable */
 
 	bool suspending;
 	bool dead;			/* destructor ran: read() returns 0 */

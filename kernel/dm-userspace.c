@@ -56,7 +56,7 @@
 #define DMU_FEATURES_ALL (DMU_FEATURE_COPY_FIRST | DMU_FEATURE_TEMPORARY | \
 			  DMU_FEATURE_ZERO | DMU_FEATURE_ERROR | \
 			  DMU_FEATURE_INVALIDATE | DMU_FEATURE_COMMIT | \
-			  DMU_FEATURE_COPY_ERROR)
+			  DMU_FEATURE_COPY_ERROR | DMU_FEATURE_COMMIT_SEQ)
 
 /*
  * A remembered mapping. Memory cost: 80 bytes each (slab object, no other
@@ -68,7 +68,7 @@ struct dmu_mapping {
 	struct list_head lru;		/* in dmu_target.lru */
 	u64 block;
 	sector_t sector;		/* start of the block on devs[dev] */
-	u64 gen;			/* compared with committed_gen */
+	u64 seq;			/* number of the reply that made it */
 	struct dmu_inval *inval;	/* told when the last bio is done */
 	refcount_t ref;			/* 1 for the tree + 1 per bio */
 	u16 dev;
@@ -83,6 +83,7 @@ struct dmu_pending {
 	u64 block;
 	struct bio_list bios;		/* in submission order */
 	bool copying;			/* answered, dm-kcopyd running */
+	u64 seq;			/* number of the reply, once answered */
 	/* The answer, kept for the copy completion. */
 	struct dmu_mapping *m;		/* NULL: not remembered */
 	u32 flags;
@@ -275,7 +276,7 @@ static void __dmu_mapping_drop(struct dmu_target *t, struct dmu_mapping *m)
 static bool dmu_mapping_uncommitted(struct dmu_target *t,
 				    struct dmu_mapping *m)
 {
-	return !(m->flags & DMU_MAP_DURABLE) && m->gen > t->committed_gen;
+	return !(m->flags & DMU_MAP_DURABLE) && m->seq > t->committed_seq;
 }
 
 /*
@@ -310,7 +311,6 @@ static void __dmu_mapping_install(struct dmu_target *t, struct dmu_mapping *m)
 		__dmu_mapping_drop(t, old);
 	while (t->nr_mapped >= t->max_mappings && !list_empty(&t->lru))
 		__dmu_evict_one(t);
-	m->gen = ++t->gen;
 	__dmu_mapping_insert(t, m);
 	list_add_tail(&m->lru, &t->lru);
 	t->nr_mapped++;
@@ -750,6 +750,9 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 		return -EINVAL;
 	}
 	list_del_init(&p->out.node);
+	p->seq = ++t->reply_seq;
+	if (m)
+		m->seq = p->seq;
 	p->m = m;
 	p->flags = f;
 	p->dev = rep->dev;
@@ -797,7 +800,7 @@ static int dmu_commit_done(struct dmu_target *t, const struct dmu_msg *msg)
 	t->commit_state = DMU_COMMIT_IDLE;
 	t->commits++;
 	if (!cd->error)
-		t->committed_gen = t->commit_start_gen;
+		t->committed_seq = t->commit_start_seq;
 	bios = t->commit_bios;
 	bio_list_init(&t->commit_bios);
 	more = !bio_list_empty(&t->commit_wait);
@@ -826,6 +829,28 @@ static int dmu_commit_done(struct dmu_target *t, const struct dmu_msg *msg)
 }
 
 /*
+ * The replies a device flush starting now covers: all accepted so far but
+ * those whose copy-first is still running (their block's data is not on
+ * the device yet), and, since a commit covers a prefix, everything after
+ * the oldest of those. A FUA write on a mapping past the prefix waits for
+ * a later commit. Walks the pending blocks: bounded, and only per flush.
+ * Lock held.
+ */
+static u64 __dmu_covered_seq(struct dmu_target *t)
+{
+	u64 covered = t->reply_seq;
+	struct rb_node *n;
+
+	for (n = rb_first(&t->pending); n; n = rb_next(n)) {
+		struct dmu_pending *p = rb_entry(n, struct dmu_pending, node);
+
+		if (p->copying && p->seq <= covered)
+			covered = p->seq - 1;
+	}
+	return covered;
+}
+
+/*
  * Flush every data device, then ask the daemon to commit. One commit at a
  * time: flushes arriving meanwhile wait for the next one, since the data
  * they cover may postdate the running commit's device flush.
@@ -848,7 +873,7 @@ static void dmu_commit_work(struct work_struct *ws)
 	bio_list_merge(&t->commit_bios, &t->commit_wait);
 	bio_list_init(&t->commit_wait);
 	t->commit_state = DMU_COMMIT_FLUSHING;
-	t->commit_start_gen = t->gen;
+	t->commit_start_seq = __dmu_covered_seq(t);
 	spin_unlock_irqrestore(&t->lock, flags);
 
 	for (i = 0; i < t->nr_devs; i++) {
@@ -876,6 +901,7 @@ static void dmu_commit_work(struct work_struct *ws)
 	memset(&t->commit_out.msg, 0, sizeof(t->commit_out.msg));
 	t->commit_out.msg.type = DMU_MSG_COMMIT;
 	t->commit_out.msg.id = ++t->next_id;
+	t->commit_out.msg.commit_req.covered_seq = t->commit_start_seq;
 	t->commit_out.consumed = NULL;
 	__dmu_queue_out(t, &t->commit_out, false);
 	__dmu_arm_timeout(t);
@@ -970,6 +996,7 @@ void dmu_fill_features(struct dmu_target *t, struct dmu_msg *msg, u64 id)
 	msg->features.block_sectors = t->block_sectors;
 	msg->features.nr_devs = t->nr_devs;
 	msg->features.max_batch = DMU_MAX_BATCH;
+	msg->features.reply_seq = READ_ONCE(t->reply_seq);
 }
 
 static int dmu_get_features(struct dmu_target *t, const struct dmu_msg *msg)

@@ -17,7 +17,7 @@
  *             neighbouring blocks are never contiguous on the device
  *   sink      read requests, never answer them
  * -l LOG    append one line per message read ("batch N", "map ID BLOCK
- *           FLAGS", "commit ID", "inval_done ID BLOCK COUNT", "copy_error
+ *           FLAGS", "commit ID covered=SEQ", "inval_done ID BLOCK COUNT", "copy_error
  *           ID BLOCK ERR", "features ...") and per check ("bad ...").
  * -D MS     wait MS milliseconds before answering each COMMIT.
  * -I B,C    send DMU_MSG_INVALIDATE for blocks [B, B+C) after opening.
@@ -245,11 +245,12 @@ int main(int argc, char **argv)
 			switch (m->type) {
 			case DMU_MSG_FEATURES:
 				feat = m->features;
-				logmsg("features id=%llu nr_blocks=%llu bs=%u devs=%u max_batch=%u",
+				logmsg("features id=%llu nr_blocks=%llu bs=%u devs=%u max_batch=%u reply_seq=%llu",
 				       (unsigned long long)m->id,
 				       (unsigned long long)feat.nr_blocks,
 				       feat.block_sectors, feat.nr_devs,
-				       feat.max_batch);
+				       feat.max_batch,
+				       (unsigned long long)feat.reply_seq);
 				if (fuzz_count) {
 					fuzz(fuzz_count);
 					fuzz_count = 0;
@@ -281,7 +282,9 @@ int main(int argc, char **argv)
 				answer_map(m, &out[nout++], mode);
 				break;
 			case DMU_MSG_COMMIT:
-				logmsg("commit %llu", (unsigned long long)m->id);
+				logmsg("commit %llu covered=%llu",
+				       (unsigned long long)m->id,
+				       (unsigned long long)m->commit_req.covered_seq);
 				if (commit_delay)
 					usleep(commit_delay * 1000);
 				memset(&out[nout], 0, sizeof(out[0]));

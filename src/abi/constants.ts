@@ -40,6 +40,12 @@ export const Feature = {
 	COMMIT: 1n << 5n,
 	/** A failed copy-first is reported with MsgType.COPY_ERROR. */
 	COPY_ERROR: 1n << 6n,
+	/**
+	 * Accepted MAP_REPLY messages are numbered (FEATURES.replySeq is the
+	 * last number given out) and COMMIT.coveredSeq says which prefix of
+	 * them the kernel's device flush covers.
+	 */
+	COMMIT_SEQ: 1n << 7n,
 } as const;
 export type FeatureName = keyof typeof Feature;
 
@@ -52,7 +58,7 @@ export const MsgType = {
 	FEATURES: 0x01,
 	/** payload: struct dmu_map_request: "where does this block live?" */
 	MAP: 0x02,
-	/** payload: none. Data devices are flushed; make metadata durable. */
+	/** payload: struct dmu_commit. Data devices are flushed; make metadata of replies up to coveredSeq durable. */
 	COMMIT: 0x03,
 	/** payload: struct dmu_invalidate, same id and range as the INVALIDATE. */
 	INVALIDATE_DONE: 0x04,
@@ -159,7 +165,8 @@ export const Payload = {
 			u32('nrDevs', 20, 'nr_devs'),
 			u32('maxBatch', 24, 'max_batch'),
 			rsv('reserved0', 28, 4),
-			rsv('reserved', 32, 16),
+			u64('replySeq', 32, 'reply_seq'),
+			rsv('reserved', 40, 8),
 		],
 	},
 	/** struct dmu_map_request (MAP). */
@@ -184,6 +191,13 @@ export const Payload = {
 			rsv('reserved0', 36, 4),
 			rsv('reserved1', 40, 8),
 		],
+	},
+	/** struct dmu_commit (COMMIT). */
+	commitReq: {
+		struct: 'dmu_commit',
+		member: 'commit_req',
+		size: 48,
+		fields: [u64('coveredSeq', 0, 'covered_seq'), rsv('reserved', 8, 40)],
 	},
 	/** struct dmu_commit_done (COMMIT_DONE). */
 	commit: {
@@ -219,7 +233,7 @@ export type PayloadName = keyof typeof Payload;
 export const PayloadOf: Readonly<Record<MsgTypeValue, PayloadName | null>> = {
 	[MsgType.FEATURES]: 'features',
 	[MsgType.MAP]: 'map',
-	[MsgType.COMMIT]: null,
+	[MsgType.COMMIT]: 'commitReq',
 	[MsgType.INVALIDATE_DONE]: 'invalidate',
 	[MsgType.COPY_ERROR]: 'copyError',
 	[MsgType.GET_FEATURES]: null,

@@ -28,6 +28,8 @@ export interface FeaturesMsg extends Header<typeof MsgType.FEATURES> {
 	readonly nrDevs: number;
 	/** Most messages one read() returns. */
 	readonly maxBatch: number;
+	/** Feature.COMMIT_SEQ: number of the last MAP_REPLY the kernel accepted (0: none yet). */
+	readonly replySeq: bigint;
 }
 
 /** "Where does this block live?" flags: ReqFlag.*. */
@@ -35,8 +37,14 @@ export interface MapRequestMsg extends Header<typeof MsgType.MAP> {
 	readonly block: bigint;
 }
 
-/** Data devices are flushed: make metadata durable, answer COMMIT_DONE. */
-export interface CommitMsg extends Header<typeof MsgType.COMMIT> {}
+/**
+ * Data devices are flushed: make durable the metadata of the mappings given
+ * in MAP_REPLYs numbered up to coveredSeq (Feature.COMMIT_SEQ; later ones
+ * may not have their data on disk yet), answer COMMIT_DONE.
+ */
+export interface CommitMsg extends Header<typeof MsgType.COMMIT> {
+	readonly coveredSeq: bigint;
+}
 
 /** An INVALIDATE finished: no bio uses the forgotten mappings any more. */
 export interface InvalidateDoneMsg extends Header<typeof MsgType.INVALIDATE_DONE> {

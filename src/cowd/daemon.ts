@@ -57,6 +57,7 @@ const NEEDED = [
 	['ZERO', Feature.ZERO],
 	['ERROR', Feature.ERROR],
 	['COMMIT', Feature.COMMIT],
+	['COMMIT_SEQ', Feature.COMMIT_SEQ],
 ] as const;
 
 const exists = (p: string) =>

@@ -31,10 +31,25 @@ export interface WorkerStats {
 
 export type WorkerEnd = 'stopped' | 'target-gone';
 
+/** A reply not (yet) accepted by the kernel: no flush covers its allocation. */
+const NEVER = 1n << 64n;
+
+/** A mapping whose metadata the image has still to commit. */
+const isUncommitted = (r: DaemonMessage) => r.type === MsgType.MAP_REPLY && (r.flags & (MapFlag.DURABLE | MapFlag.ERROR | MapFlag.ZERO)) === 0;
+
 export class Worker {
 	readonly stats: WorkerStats = { batches: 0, maps: 0, commits: 0, errors: 0 };
 	#stopping = false;
 	#busy: Promise<void> | undefined;
+	/**
+	 * The kernel numbers the MAP_REPLYs it accepts (Feature.COMMIT_SEQ);
+	 * #seq is the number of the last one, starting from where the kernel
+	 * was when this worker opened the device.
+	 */
+	readonly #firstSeq: bigint;
+	#seq: bigint;
+	/** Blocks given as not yet durable, by the number of the reply that first did. */
+	#uncommitted = new Map<bigint, bigint>();
 
 	constructor(
 		readonly ctl: ControlDevice,
@@ -42,7 +57,10 @@ export class Worker {
 		readonly log: Logger,
 		/** Grows loop devices under mappings past their end; none in tests without a kernel. */
 		readonly capacity?: DeviceCapacity,
-	) {}
+	) {
+		this.#firstSeq = ctl.features.replySeq;
+		this.#seq = this.#firstSeq;
+	}
 
 	async run(): Promise<WorkerEnd> {
 		for (;;) {
@@ -80,6 +98,7 @@ export class Worker {
 			i = end;
 		}
 		if (replies.length === 0) return;
+		let refused = new Set<DaemonMessage>();
 		try {
 			await this.ctl.writeBatch(replies);
 		} catch (e) {
@@ -87,7 +106,29 @@ export class Worker {
 			// A refused answer is a plugin or daemon bug: say which, keep serving.
 			this.stats.errors += e.rejected.length;
 			for (const r of e.rejected) this.log.error({ msg: r.message, errno: r.errno }, 'kernel refused an answer');
+			refused = new Set(e.rejected.map((r) => r.message));
 		}
+		this.#numberReplies(replies, refused);
+	}
+
+	/** Give accepted MAP_REPLYs the kernel's numbers; remember the allocations. */
+	#numberReplies(replies: readonly DaemonMessage[], refused: ReadonlySet<DaemonMessage>): void {
+		for (const r of replies) {
+			if (r.type !== MsgType.MAP_REPLY) continue;
+			const seq = refused.has(r) ? NEVER : ++this.#seq;
+			// The first accepted reply that handed the block out is the one
+			// whose copy-first counts; #handle left NEVER until it is numbered.
+			if (isUncommitted(r) && (this.#uncommitted.get(r.block) ?? NEVER) === NEVER) this.#uncommitted.set(r.block, seq);
+		}
+	}
+
+	/**
+	 * Is `block`'s data covered by a flush that covers replies up to
+	 * `coveredSeq`? A block this worker never handed out was allocated by
+	 * the daemon before it, through a reply numbered at most #firstSeq.
+	 */
+	#covers(coveredSeq: bigint): (block: bigint) => boolean {
+		return (block) => (this.#uncommitted.get(block) ?? this.#firstSeq) <= coveredSeq;
 	}
 
 	async #handle(m: DmuMessage): Promise<DaemonMessage | undefined> {
@@ -123,12 +164,16 @@ export class Worker {
 						return mapReply({ id: m.id, block: m.block, flags: MapFlag.ERROR, error: EIO });
 					}
 				}
-				return toReply(m.id, m.block, d);
+				const reply = toReply(m.id, m.block, d);
+				// Not covered by any flush until the kernel has numbered the reply.
+				if (isUncommitted(reply) && !this.#uncommitted.has(m.block)) this.#uncommitted.set(m.block, NEVER);
+				return reply;
 			}
 			case MsgType.COMMIT: {
 				this.stats.commits++;
 				try {
-					await this.image.commit();
+					await this.image.commit(this.#covers(m.coveredSeq));
+					for (const [block, seq] of this.#uncommitted) if (seq <= m.coveredSeq) this.#uncommitted.delete(block);
 					return commitDone(m.id, 0);
 				} catch (e) {
 					this.stats.errors++;

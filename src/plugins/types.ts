@@ -97,8 +97,16 @@ export interface Image {
 	readonly devices: readonly ImageDevice[];
 	readonly capabilities: Capabilities;
 	map(req: MapRequest): Promise<MapDecision>;
-	/** Make all metadata for mappings handed out so far durable. */
-	commit(): Promise<void>;
+	/**
+	 * Make metadata for mappings handed out so far durable. With `covered`,
+	 * only for the blocks it returns true for: the kernel's flush before a
+	 * commit covers the data of some allocations and not of others (their
+	 * copy-first may still be running), and a block's metadata must not
+	 * reach the disk before its data. A format that cannot commit block by
+	 * block may commit everything (dscow honours `covered`; the others,
+	 * whose metadata is written as they allocate, do not).
+	 */
+	commit(covered?: (block: bigint) => boolean): Promise<void>;
 	/** Commit, mark the image cleanly closed, release files. */
 	close(): Promise<void>;
 	/**

@@ -41,6 +41,7 @@ CHECK_FIELD(dmu_msg, payload, 16, 48);
 CHECK_FIELD(dmu_msg, features, 16, 48);
 CHECK_FIELD(dmu_msg, map, 16, 48);
 CHECK_FIELD(dmu_msg, reply, 16, 48);
+CHECK_FIELD(dmu_msg, commit_req, 16, 48);
 CHECK_FIELD(dmu_msg, commit, 16, 48);
 CHECK_FIELD(dmu_msg, invalidate, 16, 48);
 CHECK_FIELD(dmu_msg, copy_error, 16, 48);
@@ -51,7 +52,8 @@ CHECK_FIELD(dmu_features, block_sectors, 16, 4);
 CHECK_FIELD(dmu_features, nr_devs, 20, 4);
 CHECK_FIELD(dmu_features, max_batch, 24, 4);
 CHECK_FIELD(dmu_features, reserved0, 28, 4);
-CHECK_FIELD(dmu_features, reserved, 32, 16);
+CHECK_FIELD(dmu_features, reply_seq, 32, 8);
+CHECK_FIELD(dmu_features, reserved, 40, 8);
 
 CHECK_FIELD(dmu_map_request, block, 0, 8);
 CHECK_FIELD(dmu_map_request, reserved, 8, 40);
@@ -64,6 +66,10 @@ CHECK_FIELD(dmu_map_reply, src_dev, 28, 4);
 CHECK_FIELD(dmu_map_reply, error, 32, 4);
 CHECK_FIELD(dmu_map_reply, reserved0, 36, 4);
 CHECK_FIELD(dmu_map_reply, reserved1, 40, 8);
+
+_Static_assert(sizeof(struct dmu_commit) == 48, "dmu_commit size");
+CHECK_FIELD(dmu_commit, covered_seq, 0, 8);
+CHECK_FIELD(dmu_commit, reserved, 8, 40);
 
 CHECK_FIELD(dmu_commit_done, error, 0, 4);
 CHECK_FIELD(dmu_commit_done, reserved0, 4, 4);
@@ -114,6 +120,7 @@ int main(void)
 	CONST(DMU_FEATURE_INVALIDATE);
 	CONST(DMU_FEATURE_COMMIT);
 	CONST(DMU_FEATURE_COPY_ERROR);
+	CONST(DMU_FEATURE_COMMIT_SEQ);
 	CONST(DMU_MSG_FEATURES);
 	CONST(DMU_MSG_MAP);
 	CONST(DMU_MSG_COMMIT);
@@ -138,6 +145,7 @@ int main(void)
 	SIZE(dmu_features);
 	SIZE(dmu_map_request);
 	SIZE(dmu_map_reply);
+	SIZE(dmu_commit);
 	SIZE(dmu_commit_done);
 	SIZE(dmu_invalidate);
 	SIZE(dmu_copy_error);
@@ -149,6 +157,7 @@ int main(void)
 	FIELD(dmu_msg, features);
 	FIELD(dmu_msg, map);
 	FIELD(dmu_msg, reply);
+	FIELD(dmu_msg, commit_req);
 	FIELD(dmu_msg, commit);
 	FIELD(dmu_msg, invalidate);
 	FIELD(dmu_msg, copy_error);
@@ -158,6 +167,7 @@ int main(void)
 	FIELD(dmu_features, nr_devs);
 	FIELD(dmu_features, max_batch);
 	FIELD(dmu_features, reserved0);
+	FIELD(dmu_features, reply_seq);
 	FIELD(dmu_features, reserved);
 	FIELD(dmu_map_request, block);
 	FIELD(dmu_map_request, reserved);
@@ -169,6 +179,8 @@ int main(void)
 	FIELD(dmu_map_reply, error);
 	FIELD(dmu_map_reply, reserved0);
 	FIELD(dmu_map_reply, reserved1);
+	FIELD(dmu_commit, covered_seq);
+	FIELD(dmu_commit, reserved);
 	FIELD(dmu_commit_done, error);
 	FIELD(dmu_commit_done, reserved0);
 	FIELD(dmu_commit_done, reserved);
@@ -191,11 +203,12 @@ int main(void)
 	memset(&m, 0, sizeof(m));
 	m.type = DMU_MSG_FEATURES;
 	m.id = 0;
-	m.features.features = 0x7f;
+	m.features.features = 0xff;
 	m.features.nr_blocks = 0x0000000102030405ULL;
 	m.features.block_sectors = 0x80;
 	m.features.nr_devs = 3;
 	m.features.max_batch = 0x100;
+	m.features.reply_seq = 0x0000000a0b0c0d0eULL;
 	print_msg("FEATURES", &m);
 
 	memset(&m, 0, sizeof(m));
@@ -208,6 +221,7 @@ int main(void)
 	memset(&m, 0, sizeof(m));
 	m.type = DMU_MSG_COMMIT;
 	m.id = 0x2122232425262728ULL;
+	m.commit_req.covered_seq = 0x000000002a2b2c2dULL;
 	print_msg("COMMIT", &m);
 
 	memset(&m, 0, sizeof(m));

@@ -116,11 +116,11 @@ t.test('serve loop: one answer batch per read, everything logged', async (t) => 
 	const dev = join(dir, 'dev');
 	const logPath = join(dir, 'log.jsonl');
 	const input = [
-		{ type: MsgType.FEATURES, flags: 0, id: 0n, features: 0x7fn, nrBlocks: 100n, blockSectors: BS, nrDevs: 2, maxBatch: 8 },
+		{ type: MsgType.FEATURES, flags: 0, id: 0n, features: 0x7fn, nrBlocks: 100n, blockSectors: BS, nrDevs: 2, maxBatch: 8, replySeq: 0n },
 		req(1n, 0, 11n),
 		req(50n, W, 12n),
 		req(60n, 0, 13n),
-		{ type: MsgType.COMMIT, flags: 0, id: 14n },
+		{ type: MsgType.COMMIT, flags: 0, id: 14n, coveredSeq: 0n },
 	] as const;
 	await writeFile(dev, encodeBatch([...input]));
 	const rules = parseRules({ rules: [{ from: 50, to: 59, action: 'copy-first' }, { from: 60, action: 'never' }] });

@@ -1,11 +1,11 @@
 /**
  * The allocation bitmap: 32-bit little-endian words, one bit per block,
- * kept whole in memory (2 MiB for a 1 TiB image at 64 KiB blocks). Changed
- * words are remembered so a commit writes only those.
+ * kept whole in memory (2 MiB for a 1 TiB image at 64 KiB blocks). What
+ * a commit writes is decided by the image (only blocks the kernel's flush
+ * covered), not here.
  */
 export class Bitmap {
 	readonly words: Uint32Array;
-	#dirty = new Set<number>();
 
 	constructor(
 		readonly blockCount: bigint,
@@ -25,14 +25,12 @@ export class Bitmap {
 		const b = Number(block);
 		const w = b >>> 5;
 		this.words[w] = (this.words[w]! | (1 << (b & 31))) >>> 0;
-		this.#dirty.add(w);
 	}
 
 	clear(block: bigint): void {
 		const b = Number(block);
 		const w = b >>> 5;
 		this.words[w] = (this.words[w]! & ~(1 << (b & 31))) >>> 0;
-		this.#dirty.add(w);
 	}
 
 	/** Number of set bits (allocated blocks). */
@@ -53,18 +51,6 @@ export class Bitmap {
 		const used = Number(this.blockCount % 32n);
 		if (used === 0 || this.words.length === 0) return 0;
 		return (this.words[this.words.length - 1]! >>> used) >>> 0;
-	}
-
-	/** Take the dirty word indexes (sorted) and forget them. */
-	takeDirty(): number[] {
-		const d = [...this.#dirty].sort((a, b) => a - b);
-		this.#dirty.clear();
-		return d;
-	}
-
-	/** Put back words a failed commit could not write. */
-	markDirty(words: Iterable<number>): void {
-		for (const w of words) this.#dirty.add(w);
 	}
 
 	/** Contiguous runs of word indexes, as [first, count] for one write each. */

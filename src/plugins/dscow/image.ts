@@ -80,6 +80,8 @@ export class DscowImage implements Image {
 	#liveNext: Promise<void> | undefined;
 	#lastPartial: { block: bigint; sector?: Promise<bigint> } | undefined;
 	#closed = false;
+	/** The bitmap words as the last commit left them on disk. */
+	#onDisk: Uint32Array;
 
 	private constructor(
 		readonly path: string,
@@ -91,7 +93,9 @@ export class DscowImage implements Image {
 		readonly wasDirty: boolean,
 		private readonly fh: FileHandle,
 		private readonly scratch: ScratchArea | undefined,
+		onDisk: Uint32Array,
 	) {
+		this.#onDisk = onDisk;
 		this.virtualSize = header.virtualSize;
 		this.blockSize = header.blockSize;
 		const devs: ImageDevice[] = [{ path, writable: !readOnly }];
@@ -114,6 +118,7 @@ export class DscowImage implements Image {
 		}
 		try {
 			const { header, bitmap, fileSize } = await load(fh, path);
+			const onDisk = bitmap.words.slice();
 			const stray = bitmap.strayBits();
 			if (stray) throw new DmuError('DMU_ERR_BAD_IMAGE', `${path}: corrupt bitmap: bits set past the last block (run dmu check -r all)`);
 			const basePath = resolveBase(path, header, opts);
@@ -142,7 +147,7 @@ export class DscowImage implements Image {
 				await fh.datasync();
 			}
 			opts.log?.debug({ image: path, base: basePath, wasDirty, resumed: pending.length }, 'dscow image opened');
-			const img = new DscowImage(abs, header, bitmap, basePath, readOnly, wasDirty, fh, opts.scratch);
+			const img = new DscowImage(abs, header, bitmap, basePath, readOnly, wasDirty, fh, opts.scratch, onDisk);
 			for (const b of pending) img.#pending.add(b);
 			return img;
 		} catch (e) {
@@ -250,29 +255,42 @@ export class DscowImage implements Image {
 		}
 	}
 
-	commit(): Promise<void> {
-		// Commits run one after another; each writes the words dirty when it starts.
-		const run = this.#commitChain.then(() => this.#commit());
+	commit(covered?: (block: bigint) => boolean): Promise<void> {
+		// Commits run one after another; each picks its blocks when it starts.
+		const run = this.#commitChain.then(() => this.#commit(covered));
 		this.#commitChain = run.catch(() => undefined);
 		return run;
 	}
 
-	async #commit(): Promise<void> {
+	/**
+	 * Write the bits of the pending blocks `covered` accepts (all without
+	 * it) on top of what is on disk. Blocks allocated meanwhile, or not
+	 * covered by the kernel's flush, keep their bit out of the on-disk
+	 * bitmap: their data may not be on disk yet.
+	 */
+	async #commit(covered?: (block: bigint) => boolean): Promise<void> {
 		if (this.readOnly) return;
-		const blocks = [...this.#pending];
-		const words = this.bitmap.takeDirty();
-		// Encode before the first await: a block allocated while we write must
-		// not reach the disk before the kernel has flushed its data.
-		const writes = Bitmap.runs(words).map(([first, count]) => ({ first, buf: this.bitmap.encode(first, count) }));
+		const blocks = [...this.#pending].filter((b) => this.bitmap.get(b) && (covered?.(b) ?? true));
+		const next = new Map<number, number>();
+		for (const b of blocks) {
+			const w = Number(b) >>> 5;
+			next.set(w, ((next.get(w) ?? this.#onDisk[w]!) | (1 << (Number(b) & 31))) >>> 0);
+		}
+		const words = [...next.keys()].sort((a, b) => a - b);
+		const writes = Bitmap.runs(words).map(([first, count]) => {
+			const buf = Buffer.alloc(count * 4);
+			for (let i = 0; i < count; i++) buf.writeUInt32LE(next.get(first + i)!, i * 4);
+			return { first, buf };
+		});
 		try {
 			for (const { first, buf } of writes) {
 				await this.fh.write(buf, 0, buf.length, Number(this.header.bitmapOffset) + first * 4);
 			}
 			await this.fh.datasync();
 		} catch (e) {
-			this.bitmap.markDirty(words);
 			throw new DmuError('DMU_ERR_IO', `${this.path}: commit failed: ${(e as Error).message}`);
 		}
+		for (const [w, v] of next) this.#onDisk[w] = v;
 		for (const b of blocks) this.#pending.delete(b);
 	}
 

@@ -29,6 +29,8 @@ blockdev --flushbufs /dev/mapper/hm
 sync /dev/mapper/hm
 dd if=/dev/null of=/dev/mapper/hm conv=fsync status=none
 check "fsync produced a COMMIT" grep -q '^commit ' $L/hm.log
+# 16 read + 256 write replies, no copy-first running: the flush covers all.
+check "the COMMIT covers every reply so far" bash -c "grep '^commit ' $L/hm.log | tail -n 1 | grep -q ' covered=272\$'"
 check "flushes counted" ge "$(st hm flushes)" 1
 check "commits counted" ge "$(st hm commits)" 1
 check "invalidate message accepted" dmsetup message hm 0 invalidate 0 8
@@ -46,6 +48,8 @@ check "remembered mappings serve without a daemon" eq "$(st hm misses)" $((16 + 
 start_resp hm $L/hm2.log -I 0,16 -G
 wait_for grep -q '^features id=77' $L/hm2.log
 check "GET_FEATURES answered by FEATURES with its id" grep -q '^features id=77 nr_blocks=16384' $L/hm2.log
+# Reply numbers go on across daemons: 272 + the 8 invalidated blocks asked again.
+check "a new daemon learns the last reply number" grep -q '^features id=0 .* reply_seq=280$' $L/hm2.log
 wait_for grep -q '^inval_done 4242 0 16' $L/hm2.log
 check "INVALIDATE answered by INVALIDATE_DONE" grep -q '^inval_done 4242 0 16' $L/hm2.log
 check "daemon invalidate dropped the mappings" eq "$(st hm mapped)" $((256 - 0))

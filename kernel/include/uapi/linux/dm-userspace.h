@@ -74,6 +74,15 @@
  *	produce DMU_MSG_COMMIT requests.
  * DMU_FEATURE_COPY_ERROR: a failed copy-first is reported to the daemon
  *	with DMU_MSG_COPY_ERROR.
+ * DMU_FEATURE_COMMIT_SEQ: the kernel numbers the DMU_MSG_MAP_REPLY
+ *	messages it accepts (1, 2, ... over the target's life, across daemon
+ *	restarts; struct dmu_features.reply_seq is the last number given
+ *	out), and each DMU_MSG_COMMIT says up to which reply its device flush
+ *	covers (struct dmu_commit.covered_seq): every reply numbered up to it
+ *	had its mapping in place, copy-first done, before the flush began. A
+ *	daemon commits the allocations of those replies and no later ones:
+ *	a later one's copy-first may not be on disk yet. FUA writes wait until
+ *	their own mapping's reply is covered.
  */
 #define DMU_FEATURE_COPY_FIRST	(1ULL << 0)
 #define DMU_FEATURE_TEMPORARY	(1ULL << 1)
@@ -82,6 +91,7 @@
 #define DMU_FEATURE_INVALIDATE	(1ULL << 4)
 #define DMU_FEATURE_COMMIT	(1ULL << 5)
 #define DMU_FEATURE_COPY_ERROR	(1ULL << 6)
+#define DMU_FEATURE_COMMIT_SEQ	(1ULL << 7)
 
 /*
  * Message types. Types below 0x80 travel kernel -> daemon (read()), types
@@ -91,7 +101,7 @@ enum dmu_msg_type {
 	/* kernel -> daemon */
 	DMU_MSG_FEATURES	= 0x01,	/* payload: struct dmu_features */
 	DMU_MSG_MAP		= 0x02,	/* payload: struct dmu_map_request */
-	DMU_MSG_COMMIT		= 0x03,	/* payload: none (reserved, zero) */
+	DMU_MSG_COMMIT		= 0x03,	/* payload: struct dmu_commit */
 	DMU_MSG_INVALIDATE_DONE	= 0x04,	/* payload: struct dmu_invalidate */
 	DMU_MSG_COPY_ERROR	= 0x05,	/* payload: struct dmu_copy_error */
 
@@ -113,7 +123,8 @@ struct dmu_features {
 	__u32 nr_devs;		/* devices in the table, index 0..nr_devs-1 */
 	__u32 max_batch;	/* most messages one read() will return */
 	__u32 reserved0;
-	__u64 reserved[2];
+	__u64 reply_seq;	/* DMU_FEATURE_COMMIT_SEQ: last reply number */
+	__u64 reserved[1];
 };
 
 /*
@@ -173,10 +184,17 @@ struct dmu_map_reply {
 };
 
 /*
- * DMU_MSG_COMMIT, payload to userspace: none. The kernel has flushed every
- * data device; the daemon must make its metadata durable and answer with
- * DMU_MSG_COMMIT_DONE carrying the same id.
- *
+ * DMU_MSG_COMMIT, payload to userspace. The kernel has flushed every data
+ * device; the daemon must make durable the metadata of the mappings it
+ * gave in replies numbered up to covered_seq (DMU_FEATURE_COMMIT_SEQ) and
+ * answer with DMU_MSG_COMMIT_DONE carrying the same id.
+ */
+struct dmu_commit {
+	__u64 covered_seq;	/* replies 1..covered_seq are covered */
+	__u64 reserved[5];
+};
+
+/*
  * DMU_MSG_COMMIT_DONE, payload to kernel.
  */
 struct dmu_commit_done {
@@ -224,6 +242,7 @@ struct dmu_msg {
 		struct dmu_features features;
 		struct dmu_map_request map;
 		struct dmu_map_reply reply;
+		struct dmu_commit commit_req;
 		struct dmu_commit_done commit;
 		struct dmu_invalidate invalidate;
 		struct dmu_copy_error copy_error;

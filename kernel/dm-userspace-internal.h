@@ -92,12 +92,13 @@ struct dmu_target {
 	struct dmu_out commit_out;	/* the DMU_MSG_COMMIT in flight */
 	/*
 	 * Map replies accepted so far, numbered 1, 2, ... (DMU_FEATURE_COMMIT_SEQ).
-	 * A commit covers a prefix of them: commit_start_seq when it starts,
+	 * A commit covers those up to commit_start_seq, taken when it starts;
 	 * committed_seq once the daemon has answered.
 	 */
 	u64 reply_seq;
 	u64 commit_start_seq;
 	u64 committed_seq;		/* mappings up to here are durable */
+	wait_queue_head_t copy_wait;	/* a copy-first finished */
 
 	bool suspending;
 	bool dead;			/* destructor ran: read() returns 0 */

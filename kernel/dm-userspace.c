@@ -652,6 +652,7 @@ static void dmu_copy_done(int read_err, unsigned long write_err, void *context)
 		t->copies++;
 		spin_unlock_irqrestore(&t->lock, flags);
 		dmu_resolve(t, p);
+		wake_up_all(&t->copy_wait);
 		return;
 	}
 
@@ -677,6 +678,7 @@ static void dmu_copy_done(int read_err, unsigned long write_err, void *context)
 		p->m = NULL;
 	}
 	dmu_end_bios(&bios, EIO, false);
+	wake_up_all(&t->copy_wait);
 }
 
 /*
@@ -829,31 +831,37 @@ static int dmu_commit_done(struct dmu_target *t, const struct dmu_msg *msg)
 }
 
 /*
- * The replies a device flush starting now covers: all accepted so far but
- * those whose copy-first is still running (their block's data is not on
- * the device yet), and, since a commit covers a prefix, everything after
- * the oldest of those. A FUA write on a mapping past the prefix waits for
- * a later commit. Walks the pending blocks: bounded, and only per flush.
- * Lock held.
+ * Is every copy-first of a reply numbered up to @seq done (or failed)?
+ * Walks the pending blocks: bounded, and only per flush.
  */
-static u64 __dmu_covered_seq(struct dmu_target *t)
+static bool dmu_copies_done(struct dmu_target *t, u64 seq)
 {
-	u64 covered = t->reply_seq;
+	unsigned long flags;
 	struct rb_node *n;
+	bool done = true;
 
+	spin_lock_irqsave(&t->lock, flags);
 	for (n = rb_first(&t->pending); n; n = rb_next(n)) {
 		struct dmu_pending *p = rb_entry(n, struct dmu_pending, node);
 
-		if (p->copying && p->seq <= covered)
-			covered = p->seq - 1;
+		if (p->copying && p->seq <= seq) {
+			done = false;
+			break;
+		}
 	}
-	return covered;
+	spin_unlock_irqrestore(&t->lock, flags);
+	return done;
 }
 
 /*
  * Flush every data device, then ask the daemon to commit. One commit at a
  * time: flushes arriving meanwhile wait for the next one, since the data
  * they cover may postdate the running commit's device flush.
+ *
+ * The commit covers every reply accepted before it started (covered_seq):
+ * copy-firsts of those still running are waited for before the flush, so
+ * no block's metadata can be made durable ahead of the data copied into
+ * it. Copies of later replies do not hold the commit up.
  */
 static void dmu_commit_work(struct work_struct *ws)
 {
@@ -873,8 +881,10 @@ static void dmu_commit_work(struct work_struct *ws)
 	bio_list_merge(&t->commit_bios, &t->commit_wait);
 	bio_list_init(&t->commit_wait);
 	t->commit_state = DMU_COMMIT_FLUSHING;
-	t->commit_start_seq = __dmu_covered_seq(t);
+	t->commit_start_seq = t->reply_seq;
 	spin_unlock_irqrestore(&t->lock, flags);
+
+	wait_event(t->copy_wait, dmu_copies_done(t, t->commit_start_seq));
 
 	for (i = 0; i < t->nr_devs; i++) {
 		int r = blkdev_issue_flush(t->devs[i]->bdev);
@@ -1459,6 +1469,7 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	spin_lock_init(&t->lock);
 	mutex_init(&t->ctl_mutex);
 	init_waitqueue_head(&t->wait);
+	init_waitqueue_head(&t->copy_wait);
 	INIT_LIST_HEAD(&t->outq);
 	INIT_LIST_HEAD(&t->sent);
 	INIT_LIST_HEAD(&t->lru);

@@ -81,8 +81,7 @@
  *	covers (struct dmu_commit.covered_seq): every reply numbered up to it
  *	had its mapping in place, copy-first done, before the flush began. A
  *	daemon commits the allocations of those replies and no later ones:
- *	a later one's copy-first may not be on disk yet. FUA writes wait until
- *	their own mapping's reply is covered.
+ *	a later one's copy-first may not be on disk yet.
  */
 #define DMU_FEATURE_COPY_FIRST	(1ULL << 0)
 #define DMU_FEATURE_TEMPORARY	(1ULL << 1)

@@ -9,9 +9,11 @@
  * never read past the base's end).
  *
  * Crash safety: a new block's bit is only written by commit(), which the
- * kernel calls after flushing the data devices. A crash before that leaves
- * the bit clear: the block reads from the base as if the write never
- * happened (allowed: it was never flushed). Such orphaned data is a leak
+ * kernel asks for after flushing the data devices, and only for blocks
+ * whose data that flush covered (cowd's `covered` predicate, from the
+ * kernel's numbered replies; see src/cowd/worker.ts). A crash before that
+ * leaves the bit clear: the block reads from the base as if the write
+ * never happened (allowed: it was never flushed). Such orphaned data is a leak
  * (dmu check exit 3), and because it may sit in a hole we would otherwise
  * trust to read zeros, an image opened after a crash zero-fills a new block
  * itself when no copy-first will overwrite it.

@@ -54,7 +54,7 @@ export class Bitmap {
 	}
 
 	/** Contiguous runs of word indexes, as [first, count] for one write each. */
-	static runs(words: number[]): Array<[number, number]> {
+	static runs(words: readonly number[]): Array<[number, number]> {
 		const out: Array<[number, number]> = [];
 		for (const w of words) {
 			const last = out[out.length - 1];

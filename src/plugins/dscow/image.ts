@@ -251,9 +251,22 @@ export class DscowImage implements Image {
 	async #writeLive(): Promise<void> {
 		const words = [...this.#liveDirty].sort((a, b) => a - b);
 		this.#liveDirty.clear();
-		const writes = Bitmap.runs(words).map(([first, count]) => ({ first, buf: this.bitmap.encode(first, count) }));
+		await this.#writeWords(this.header.liveOffset, words, (w) => this.bitmap.words[w]!);
+	}
+
+	/**
+	 * Write bitmap words (sorted indexes) into the bitmap region at `offset`,
+	 * one pwrite per run of neighbours. Every run is encoded before the
+	 * first write, so what goes out is the words as they were at the call.
+	 */
+	async #writeWords(offset: bigint, words: readonly number[], value: (w: number) => number): Promise<void> {
+		const writes = Bitmap.runs(words).map(([first, count]) => {
+			const buf = Buffer.alloc(count * 4);
+			for (let i = 0; i < count; i++) buf.writeUInt32LE(value(first + i), i * 4);
+			return { first, buf };
+		});
 		for (const { first, buf } of writes) {
-			await this.fh.write(buf, 0, buf.length, Number(this.header.liveOffset) + first * 4);
+			await this.fh.write(buf, 0, buf.length, Number(offset) + first * 4);
 		}
 	}
 
@@ -279,15 +292,8 @@ export class DscowImage implements Image {
 			next.set(w, ((next.get(w) ?? this.#onDisk[w]!) | (1 << (Number(b) & 31))) >>> 0);
 		}
 		const words = [...next.keys()].sort((a, b) => a - b);
-		const writes = Bitmap.runs(words).map(([first, count]) => {
-			const buf = Buffer.alloc(count * 4);
-			for (let i = 0; i < count; i++) buf.writeUInt32LE(next.get(first + i)!, i * 4);
-			return { first, buf };
-		});
 		try {
-			for (const { first, buf } of writes) {
-				await this.fh.write(buf, 0, buf.length, Number(this.header.bitmapOffset) + first * 4);
-			}
+			await this.#writeWords(this.header.bitmapOffset, words, (w) => next.get(w)!);
 			await this.fh.datasync();
 		} catch (e) {
 			throw new DmuError('DMU_ERR_IO', `${this.path}: commit failed: ${(e as Error).message}`);

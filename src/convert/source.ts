@@ -96,16 +96,19 @@ export class SourceReader {
 		// Runs are read concurrently, in pieces of at most READ_PIECE, so the
 		// thread pool keeps several reads in flight (as qemu-img does).
 		const reads: Promise<number>[] = [];
+		/** Start reading `n` bytes at byte `pos` of `f` into data[at...]. */
+		const readRange = (f: ImageFile, at: number, pos: bigint, n: number) => {
+			for (let p = 0; p < n; p += READ_PIECE) {
+				const r = f.readInto(data, at + p, pos + BigInt(p), Math.min(READ_PIECE, n - p));
+				r.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
+				reads.push(r);
+			}
+		};
 		const flush = async () => {
 			if (!run) return;
 			const f = this.#files[run.dev];
 			if (!f) throw new DmuError('DMU_ERR_PLUGIN_BUG', `${this.format}: mapping names device ${run.dev}`);
-			for (let p = 0; p < run.len; p += READ_PIECE) {
-				const n = Math.min(READ_PIECE, run.len - p);
-				const r = f.readInto(data, run.at + p, run.sector * 512n + BigInt(p), n);
-				r.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
-				reads.push(r);
-			}
+			readRange(f, run.at, run.sector * 512n, run.len);
 			run = undefined;
 		};
 		if (this.image.capabilities.linear && len > 0) {
@@ -113,15 +116,7 @@ export class SourceReader {
 			// the file system says holds data; the holes stay zeros.
 			const end = offset + BigInt(len);
 			const parts = this.#extents ? overlaps(this.#extents, offset, end) : [[offset, end] as const];
-			const f = this.#files[0]!;
-			for (const [from, to] of parts) {
-				for (let p = from; p < to; p += BigInt(READ_PIECE)) {
-					const n = to - p < BigInt(READ_PIECE) ? Number(to - p) : READ_PIECE;
-					const r = f.readInto(data, Number(p - offset), p, n);
-					r.catch(() => undefined); // awaited below
-					reads.push(r);
-				}
-			}
+			for (const [from, to] of parts) readRange(this.#files[0]!, Number(from - offset), from, Number(to - from));
 			await Promise.all(reads);
 			return { data, allZero: parts.length === 0 };
 		}

@@ -52,11 +52,17 @@
 #define DMU_DEFAULT_MAPPINGS	65536
 #define DMU_MAX_BLOCK_SECTORS	16384
 #define DMU_EVICT_SCAN		16
+/*
+ * Most blocks one map reply may answer (DMU_FEATURE_MAP_RUN): 4096
+ * mappings are 320 KiB of slab, allocated in the daemon's write().
+ */
+#define DMU_MAX_RUN		4096
 
 #define DMU_FEATURES_ALL (DMU_FEATURE_COPY_FIRST | DMU_FEATURE_TEMPORARY | \
 			  DMU_FEATURE_ZERO | DMU_FEATURE_ERROR | \
 			  DMU_FEATURE_INVALIDATE | DMU_FEATURE_COMMIT | \
-			  DMU_FEATURE_COPY_ERROR | DMU_FEATURE_COMMIT_SEQ)
+			  DMU_FEATURE_COPY_ERROR | DMU_FEATURE_COMMIT_SEQ | \
+			  DMU_FEATURE_MAP_RUN)
 
 /*
  * A remembered mapping. Memory cost: 80 bytes each (slab object, no other
@@ -697,21 +703,99 @@ static bool dmu_fits(struct dmu_target *t, u32 dev, u64 sector, sector_t len)
 	return sector <= size && size - sector >= len;
 }
 
+/*
+ * Allocate up to @want mappings for the rest of a run onto @spare (linked
+ * by ->lru), no more than the table has room for: a run is a hint, it
+ * never evicts, and fewer than asked is fine.
+ */
+static void dmu_alloc_run(struct dmu_target *t, u32 want,
+			  struct list_head *spare)
+{
+	unsigned int mapped = READ_ONCE(t->nr_mapped);
+	struct dmu_mapping *m;
+	u32 n;
+
+	/* Room for the answer's own block too. */
+	if (mapped + 1 >= t->max_mappings)
+		return;
+	want = min_t(u32, want, t->max_mappings - mapped - 1);
+	for (n = 0; n < want; n++) {
+		m = kmem_cache_zalloc(dmu_mapping_cache,
+				      GFP_KERNEL | __GFP_NOWARN);
+		if (!m)
+			break;
+		list_add_tail(&m->lru, spare);
+	}
+}
+
+/*
+ * Remember blocks first->block + 1 .. + @run - 1 like @first, each one
+ * block further on the device, from the @spare mappings. A block that has
+ * a mapping or a request in flight keeps it: the daemon's answer to that
+ * request, or the one it gave before, is newer than this run. Lock held.
+ */
+static void __dmu_install_run(struct dmu_target *t,
+			      const struct dmu_mapping *first, u32 run,
+			      struct list_head *spare)
+{
+	struct dmu_mapping *m;
+	u64 block;
+	u32 i;
+
+	for (i = 1; i < run && !list_empty(spare); i++) {
+		if (t->nr_mapped + 1 >= t->max_mappings)
+			break;
+		block = first->block + i;
+		if (__dmu_mapping_find(t, block) ||
+		    (t->nr_pending && __dmu_pending_find(t, block)))
+			continue;
+		m = list_first_entry(spare, struct dmu_mapping, lru);
+		list_del(&m->lru);
+		m->block = block;
+		m->dev = first->dev;
+		m->sector = (first->flags & DMU_MAP_ZERO) ? 0 :
+			    first->sector + (sector_t)i * t->block_sectors;
+		m->flags = first->flags;
+		m->seq = first->seq;
+		refcount_set(&m->ref, 1);
+		__dmu_mapping_insert(t, m);
+		list_add_tail(&m->lru, &t->lru);
+		t->nr_mapped++;
+	}
+}
+
+static void dmu_free_spare(struct list_head *spare)
+{
+	struct dmu_mapping *m, *tmp;
+
+	list_for_each_entry_safe(m, tmp, spare, lru)
+		kmem_cache_free(dmu_mapping_cache, m);
+}
+
 static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 {
 	const struct dmu_map_reply *rep = &msg->reply;
 	u32 f = msg->flags;
+	u32 run = rep->run ? rep->run : 1;
 	struct dmu_mapping *m = NULL;
 	struct dmu_pending *p;
 	struct dm_io_region from, to;
 	unsigned long flags;
+	LIST_HEAD(spare);
 	sector_t len;
 
-	if ((f & ~DMU_MAP_FLAGS_ALL) || rep->reserved0 || rep->reserved1)
+	if ((f & ~DMU_MAP_FLAGS_ALL) || rep->reserved1)
 		return -EINVAL;
 	if (rep->block >= t->nr_blocks)
 		return -EINVAL;
-	len = dmu_block_len(t, rep->block);
+	if (run > DMU_MAX_RUN || run > t->nr_blocks - rep->block)
+		return -EINVAL;
+	if (run > 1 &&
+	    (f & (DMU_MAP_TEMPORARY | DMU_MAP_ERROR | DMU_MAP_COPY_FIRST)))
+		return -EINVAL;
+	/* The whole run; only the last block of the disk may be short. */
+	len = (sector_t)(run - 1) * t->block_sectors +
+	      dmu_block_len(t, rep->block + run - 1);
 	if (f & DMU_MAP_ERROR) {
 		if ((f & ~(DMU_MAP_ERROR | DMU_MAP_TEMPORARY)) ||
 		    rep->error <= 0 || rep->error > MAX_ERRNO)
@@ -741,6 +825,8 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 		m->flags = f & (DMU_MAP_WRITABLE | DMU_MAP_ZERO |
 				DMU_MAP_DURABLE);
 		refcount_set(&m->ref, 1);
+		if (run > 1)
+			dmu_alloc_run(t, run - 1, &spare);
 	}
 
 	spin_lock_irqsave(&t->lock, flags);
@@ -749,12 +835,16 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 		spin_unlock_irqrestore(&t->lock, flags);
 		if (m)
 			kmem_cache_free(dmu_mapping_cache, m);
+		dmu_free_spare(&spare);
 		return -EINVAL;
 	}
 	list_del_init(&p->out.node);
 	p->seq = ++t->reply_seq;
-	if (m)
+	if (m) {
 		m->seq = p->seq;
+		/* Before any later reply: replies are applied in order. */
+		__dmu_install_run(t, m, run, &spare);
+	}
 	p->m = m;
 	p->flags = f;
 	p->dev = rep->dev;
@@ -762,6 +852,7 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 	p->error = rep->error;
 	p->copying = f & DMU_MAP_COPY_FIRST;
 	spin_unlock_irqrestore(&t->lock, flags);
+	dmu_free_spare(&spare);
 
 	if (!(f & DMU_MAP_COPY_FIRST)) {
 		dmu_resolve(t, p);
@@ -1006,6 +1097,7 @@ void dmu_fill_features(struct dmu_target *t, struct dmu_msg *msg, u64 id)
 	msg->features.block_sectors = t->block_sectors;
 	msg->features.nr_devs = t->nr_devs;
 	msg->features.max_batch = DMU_MAX_BATCH;
+	msg->features.max_run = DMU_MAX_RUN;
 	msg->features.reply_seq = READ_ONCE(t->reply_seq);
 }
 

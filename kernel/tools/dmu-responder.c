@@ -3,7 +3,7 @@
  * dmu-responder: a tiny daemon for the dm-userspace control device, for
  * debugging the kernel target without the TypeScript stack.
  *
- *   dmu-responder [-m MODE] [-l LOG] [-D MS] [-I BLOCK,COUNT] [-x N] [-V] DEV
+ *   dmu-responder [-m MODE] [-l LOG] [-D MS] [-I BLOCK,COUNT] [-R N] [-x N] [-V] DEV
  *
  * Every block maps 1:1 (block * block_sectors) onto the devices. MODE:
  *   rw        writable mapping on dev 0 (default)
@@ -21,6 +21,9 @@
  *           ID BLOCK ERR", "features ...") and per check ("bad ...").
  * -D MS     wait MS milliseconds before answering each COMMIT.
  * -I B,C    send DMU_MSG_INVALIDATE for blocks [B, B+C) after opening.
+ * -R N      answer for runs of up to N blocks (DMU_FEATURE_MAP_RUN) where
+ *           the answer may cover a run (not temp, error or copy-first),
+ *           cut at max_run and at the end of the disk.
  * -x N      first write N random messages; report how many were accepted.
  * -G        after FEATURES (id 0), ask again with GET_FEATURES (id 77).
  * -V        before answering the first map request, send malformed
@@ -44,6 +47,7 @@
 static FILE *logf;
 static struct dmu_features feat;
 static int fd;
+static __u32 run_blocks;
 
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void logmsg(const char *fmt, ...)
@@ -71,7 +75,7 @@ static int send_msgs(const struct dmu_msg *m, size_t n)
 /* Malformed answers to @req; each must be rejected with EINVAL. */
 static void validate(const struct dmu_msg *req)
 {
-	struct dmu_msg bad[8], m;
+	struct dmu_msg bad[12], m;
 	int i, n = 0, r;
 
 	memset(&m, 0, sizeof(m));
@@ -89,6 +93,10 @@ static void validate(const struct dmu_msg *req)
 	bad[n] = m; bad[n++].reply.reserved1 = 1;		/* reserved set */
 	bad[n] = m; bad[n++].type = 0x7f;			/* unknown type */
 	bad[n] = m; bad[n].flags = DMU_MAP_ERROR; bad[n++].reply.error = 5000;
+	bad[n] = m; bad[n++].reply.run = feat.max_run + 1;	/* run too long */
+	bad[n] = m; bad[n++].reply.run = feat.nr_blocks - req->map.block + 1;	/* past the end */
+	bad[n] = m; bad[n].flags |= DMU_MAP_TEMPORARY; bad[n++].reply.run = 2;	/* temporary run */
+	bad[n] = m; bad[n].flags |= DMU_MAP_COPY_FIRST; bad[n++].reply.run = 2;	/* copy-first run */
 	for (i = 0; i < n; i++) {
 		r = send_msgs(&bad[i], 1);
 		logmsg("bad %d %s", i, r == -EINVAL ? "rejected" : "ACCEPTED");
@@ -170,6 +178,19 @@ static void answer_map(const struct dmu_msg *req, struct dmu_msg *rep,
 	} else {
 		rep->flags = DMU_MAP_WRITABLE;
 	}
+	if (run_blocks > 1 && !(rep->flags & (DMU_MAP_TEMPORARY | DMU_MAP_ERROR |
+					      DMU_MAP_COPY_FIRST))) {
+		__u64 left = feat.nr_blocks - req->map.block;
+		__u32 run = run_blocks;
+
+		if (run > feat.max_run)
+			run = feat.max_run;
+		if (run > left)
+			run = left;
+		/* swap maps neighbours apart: never a run */
+		if (strcmp(mode, "swap"))
+			rep->reply.run = run;
+	}
 }
 
 int main(int argc, char **argv)
@@ -180,7 +201,7 @@ int main(int argc, char **argv)
 	static struct dmu_msg in[BATCH], out[BATCH];
 	int opt, checked = 0, do_validate = 0, get_features = 0;
 
-	while ((opt = getopt(argc, argv, "m:l:D:I:x:VG")) != -1) {
+	while ((opt = getopt(argc, argv, "m:l:D:I:R:x:VG")) != -1) {
 		switch (opt) {
 		case 'm':
 			mode = optarg;
@@ -197,6 +218,9 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 'R':
+			run_blocks = atol(optarg);
+			break;
 		case 'x':
 			fuzz_count = atol(optarg);
 			break;
@@ -207,7 +231,7 @@ int main(int argc, char **argv)
 			get_features = 1;
 			break;
 		default:
-			fprintf(stderr, "usage: %s [-m MODE] [-l LOG] [-D MS] [-I B,C] [-x N] [-V] [-G] DEV\n",
+			fprintf(stderr, "usage: %s [-m MODE] [-l LOG] [-D MS] [-I B,C] [-R N] [-x N] [-V] [-G] DEV\n",
 				argv[0]);
 			return 2;
 		}
@@ -245,11 +269,11 @@ int main(int argc, char **argv)
 			switch (m->type) {
 			case DMU_MSG_FEATURES:
 				feat = m->features;
-				logmsg("features id=%llu nr_blocks=%llu bs=%u devs=%u max_batch=%u reply_seq=%llu",
+				logmsg("features id=%llu nr_blocks=%llu bs=%u devs=%u max_batch=%u max_run=%u reply_seq=%llu",
 				       (unsigned long long)m->id,
 				       (unsigned long long)feat.nr_blocks,
 				       feat.block_sectors, feat.nr_devs,
-				       feat.max_batch,
+				       feat.max_batch, feat.max_run,
 				       (unsigned long long)feat.reply_seq);
 				if (fuzz_count) {
 					fuzz(fuzz_count);

@@ -46,6 +46,11 @@ export const Feature = {
 	 * them the kernel's device flush covers.
 	 */
 	COMMIT_SEQ: 1n << 7n,
+	/**
+	 * A MAP_REPLY may answer for a run of blocks (MapReplyMsg.run, at most
+	 * FEATURES.maxRun): block + i at sector + i * blockSectors, same flags.
+	 */
+	MAP_RUN: 1n << 8n,
 } as const;
 export type FeatureName = keyof typeof Feature;
 
@@ -164,7 +169,7 @@ export const Payload = {
 			u32('blockSectors', 16, 'block_sectors'),
 			u32('nrDevs', 20, 'nr_devs'),
 			u32('maxBatch', 24, 'max_batch'),
-			rsv('reserved0', 28, 4),
+			u32('maxRun', 28, 'max_run'),
 			u64('replySeq', 32, 'reply_seq'),
 			rsv('reserved', 40, 8),
 		],
@@ -188,7 +193,7 @@ export const Payload = {
 			u32('dev', 24),
 			u32('srcDev', 28, 'src_dev'),
 			s32('error', 32),
-			rsv('reserved0', 36, 4),
+			u32('run', 36),
 			rsv('reserved1', 40, 8),
 		],
 	},

@@ -28,6 +28,8 @@ export interface FeaturesMsg extends Header<typeof MsgType.FEATURES> {
 	readonly nrDevs: number;
 	/** Most messages one read() returns. */
 	readonly maxBatch: number;
+	/** Feature.MAP_RUN: most blocks one MAP_REPLY may answer for. */
+	readonly maxRun: number;
 	/** Feature.COMMIT_SEQ: number of the last MAP_REPLY the kernel accepted (0: none yet). */
 	readonly replySeq: bigint;
 }
@@ -80,6 +82,12 @@ export interface MapReplyMsg extends Header<typeof MsgType.MAP_REPLY> {
 	readonly srcDev: number;
 	/** With MapFlag.ERROR: positive errno for the waiting bios. */
 	readonly error: number;
+	/**
+	 * Feature.MAP_RUN: the answer holds for blocks block .. block + run - 1
+	 * (each one block further on `dev`); 0 or 1: this block only. Not with
+	 * TEMPORARY, ERROR or COPY_FIRST.
+	 */
+	readonly run: number;
 }
 
 /** Metadata is durable (error 0) or the flush fails with this errno. */
@@ -103,7 +111,7 @@ export type DmuMessage = KernelMessage | DaemonMessage;
 
 /** A map reply; unset fields are 0 (no copy source, no error). */
 export function mapReply(
-	m: Pick<MapReplyMsg, 'id' | 'block' | 'flags'> & Partial<Pick<MapReplyMsg, 'sector' | 'srcSector' | 'dev' | 'srcDev' | 'error'>>,
+	m: Pick<MapReplyMsg, 'id' | 'block' | 'flags'> & Partial<Pick<MapReplyMsg, 'sector' | 'srcSector' | 'dev' | 'srcDev' | 'error' | 'run'>>,
 ): MapReplyMsg {
 	return {
 		type: MsgType.MAP_REPLY,
@@ -115,6 +123,7 @@ export function mapReply(
 		dev: m.dev ?? 0,
 		srcDev: m.srcDev ?? 0,
 		error: m.error ?? 0,
+		run: m.run ?? 0,
 	};
 }
 

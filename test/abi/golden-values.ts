@@ -16,6 +16,7 @@ export const GOLDEN_MESSAGES = {
 		blockSectors: 0x80,
 		nrDevs: 3,
 		maxBatch: 0x100,
+		maxRun: 0x1000,
 		replySeq: 0x0000000a0b0c0d0en,
 	},
 	MAP: { type: MsgType.MAP, flags: ReqFlag.WRITE | ReqFlag.WHOLE_BLOCK, id: 0x0102030405060708n, block: 0x1112131415161718n },
@@ -40,6 +41,7 @@ export const GOLDEN_MESSAGES = {
 		dev: 1,
 		srcDev: 2,
 		error: 0x7c7d7e7f,
+		run: 0x40,
 	},
 	COMMIT_DONE: { type: MsgType.COMMIT_DONE, flags: 0, id: 0x8182838485868788n, error: -5 },
 	INVALIDATE: {

@@ -51,7 +51,7 @@ CHECK_FIELD(dmu_features, nr_blocks, 8, 8);
 CHECK_FIELD(dmu_features, block_sectors, 16, 4);
 CHECK_FIELD(dmu_features, nr_devs, 20, 4);
 CHECK_FIELD(dmu_features, max_batch, 24, 4);
-CHECK_FIELD(dmu_features, reserved0, 28, 4);
+CHECK_FIELD(dmu_features, max_run, 28, 4);
 CHECK_FIELD(dmu_features, reply_seq, 32, 8);
 CHECK_FIELD(dmu_features, reserved, 40, 8);
 
@@ -64,7 +64,7 @@ CHECK_FIELD(dmu_map_reply, src_sector, 16, 8);
 CHECK_FIELD(dmu_map_reply, dev, 24, 4);
 CHECK_FIELD(dmu_map_reply, src_dev, 28, 4);
 CHECK_FIELD(dmu_map_reply, error, 32, 4);
-CHECK_FIELD(dmu_map_reply, reserved0, 36, 4);
+CHECK_FIELD(dmu_map_reply, run, 36, 4);
 CHECK_FIELD(dmu_map_reply, reserved1, 40, 8);
 
 _Static_assert(sizeof(struct dmu_commit) == 48, "dmu_commit size");
@@ -121,6 +121,7 @@ int main(void)
 	CONST(DMU_FEATURE_COMMIT);
 	CONST(DMU_FEATURE_COPY_ERROR);
 	CONST(DMU_FEATURE_COMMIT_SEQ);
+	CONST(DMU_FEATURE_MAP_RUN);
 	CONST(DMU_MSG_FEATURES);
 	CONST(DMU_MSG_MAP);
 	CONST(DMU_MSG_COMMIT);
@@ -166,7 +167,7 @@ int main(void)
 	FIELD(dmu_features, block_sectors);
 	FIELD(dmu_features, nr_devs);
 	FIELD(dmu_features, max_batch);
-	FIELD(dmu_features, reserved0);
+	FIELD(dmu_features, max_run);
 	FIELD(dmu_features, reply_seq);
 	FIELD(dmu_features, reserved);
 	FIELD(dmu_map_request, block);
@@ -177,7 +178,7 @@ int main(void)
 	FIELD(dmu_map_reply, dev);
 	FIELD(dmu_map_reply, src_dev);
 	FIELD(dmu_map_reply, error);
-	FIELD(dmu_map_reply, reserved0);
+	FIELD(dmu_map_reply, run);
 	FIELD(dmu_map_reply, reserved1);
 	FIELD(dmu_commit, covered_seq);
 	FIELD(dmu_commit, reserved);
@@ -208,6 +209,7 @@ int main(void)
 	m.features.block_sectors = 0x80;
 	m.features.nr_devs = 3;
 	m.features.max_batch = 0x100;
+	m.features.max_run = 0x1000;
 	m.features.reply_seq = 0x0000000a0b0c0d0eULL;
 	print_msg("FEATURES", &m);
 
@@ -254,6 +256,7 @@ int main(void)
 	m.reply.dev = 1;
 	m.reply.src_dev = 2;
 	m.reply.error = 0x7c7d7e7f;
+	m.reply.run = 0x40;
 	print_msg("MAP_REPLY", &m);
 
 	memset(&m, 0, sizeof(m));

@@ -49,7 +49,7 @@ t.test('extreme values survive', async (t) => {
 
 t.test('builders fill zeros and encode to valid messages', async (t) => {
 	const r = mapReply({ id: 7n, block: 3n, flags: MapFlag.ZERO });
-	t.same(r, { type: MsgType.MAP_REPLY, id: 7n, block: 3n, flags: MapFlag.ZERO, sector: 0n, srcSector: 0n, dev: 0, srcDev: 0, error: 0 });
+	t.same(r, { type: MsgType.MAP_REPLY, id: 7n, block: 3n, flags: MapFlag.ZERO, sector: 0n, srcSector: 0n, dev: 0, srcDev: 0, error: 0, run: 0 });
 	for (const m of [r, commitDone(9n, 5), invalidate(1n, 10n, 20n), getFeatures(4n)] as DmuMessage[]) {
 		t.same(decodeMessage(encodeMessage(m)), m, `0x${m.type.toString(16)}`);
 	}

@@ -30,6 +30,7 @@ const features = (maxBatch: number): FeaturesMsg => ({
 	blockSectors: 128,
 	nrDevs: 2,
 	maxBatch,
+	maxRun: 0,
 	replySeq: 0n,
 });
 const map = (id: bigint, block: bigint): MapRequestMsg => ({ type: MsgType.MAP, flags: ReqFlag.WRITE, id, block });

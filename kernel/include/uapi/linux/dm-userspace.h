@@ -82,6 +82,15 @@
  *	had its mapping in place, copy-first done, before the flush began. A
  *	daemon commits the allocations of those replies and no later ones:
  *	a later one's copy-first may not be on disk yet.
+ * DMU_FEATURE_MAP_RUN: a map reply may answer for a run of blocks
+ *	(struct dmu_map_reply.run, at most struct dmu_features.max_run):
+ *	block + i lives at sector + i * block_sectors on the same device,
+ *	with the same flags. Only for remembered answers (not TEMPORARY,
+ *	ERROR or COPY_FIRST). The kernel remembers the extra blocks only
+ *	while it has room (they never evict a mapping) and skips any that
+ *	already has a mapping or a request in flight; so a daemon must not
+ *	put in a run a block it has answered differently before, and a
+ *	block it is still answering keeps that answer.
  */
 #define DMU_FEATURE_COPY_FIRST	(1ULL << 0)
 #define DMU_FEATURE_TEMPORARY	(1ULL << 1)
@@ -91,6 +100,7 @@
 #define DMU_FEATURE_COMMIT	(1ULL << 5)
 #define DMU_FEATURE_COPY_ERROR	(1ULL << 6)
 #define DMU_FEATURE_COMMIT_SEQ	(1ULL << 7)
+#define DMU_FEATURE_MAP_RUN	(1ULL << 8)
 
 /*
  * Message types. Types below 0x80 travel kernel -> daemon (read()), types
@@ -121,7 +131,7 @@ struct dmu_features {
 	__u32 block_sectors;	/* block size in 512-byte sectors */
 	__u32 nr_devs;		/* devices in the table, index 0..nr_devs-1 */
 	__u32 max_batch;	/* most messages one read() will return */
-	__u32 reserved0;
+	__u32 max_run;		/* DMU_FEATURE_MAP_RUN: most blocks a reply covers */
 	__u64 reply_seq;	/* DMU_FEATURE_COMMIT_SEQ: last reply number */
 	__u64 reserved[1];
 };
@@ -178,7 +188,7 @@ struct dmu_map_reply {
 	__u32 dev;		/* destination device index */
 	__u32 src_dev;		/* copy-first source device index */
 	__s32 error;		/* DMU_MAP_ERROR: positive errno */
-	__u32 reserved0;
+	__u32 run;		/* DMU_FEATURE_MAP_RUN: blocks answered, 0 = 1 */
 	__u64 reserved1;
 };
 

@@ -33,6 +33,11 @@ const program = new Command('cowd')
 	.option('--no-direct-io', 'attach image files with buffered loop devices (default: direct I/O where the file system allows it)')
 	.option('--daemon-timeout <seconds>', 'how long the kernel holds I/O while no cowd serves the disk (0 = forever; kernel default 60)', int('--daemon-timeout'))
 	.option('--max-mappings <n>', 'bound on mappings the kernel remembers (kernel default 65536)', int('--max-mappings'))
+	.option(
+		'--max-run <blocks>',
+		'most blocks one answer may cover when neighbours share it (unwritten base blocks, zeros): one round trip maps them all; 1 = ask for every block (default: the kernel limit, 4096)',
+		int('--max-run'),
+	)
 	.option('--scratch-dir <dir>', 'where the scratch file for partial/compressed blocks lives', tmpdir())
 	.option('--log-level <level>', 'fatal, error, warn, info, debug, trace', process.env.DMU_LOG_LEVEL ?? 'info')
 	.addHelpText(
@@ -70,6 +75,7 @@ Behaviour:
 				directIo: boolean;
 				daemonTimeout?: number;
 				maxMappings?: number;
+				maxRun?: number;
 				scratchDir: string;
 				logLevel: string;
 			},
@@ -86,6 +92,7 @@ Behaviour:
 				directIo: o.directIo,
 				...(o.daemonTimeout !== undefined ? { daemonTimeout: o.daemonTimeout } : {}),
 				...(o.maxMappings !== undefined ? { maxMappings: o.maxMappings } : {}),
+				...(o.maxRun !== undefined ? { maxRun: o.maxRun } : {}),
 				scratchDir: o.scratchDir,
 				log,
 			});

@@ -47,6 +47,8 @@ export interface CowdOptions {
 	directIo: boolean;
 	daemonTimeout?: number;
 	maxMappings?: number;
+	/** Most blocks one answer may cover (1: every block asks on its own). */
+	maxRun?: number;
 	scratchDir: string;
 	log: Logger;
 }
@@ -179,7 +181,7 @@ export class Cowd {
 			}
 			const table = parseTable((await dmTable(o.name)) ?? '');
 			const capacity = table ? await DeviceCapacity.fromTable(table.devs) : undefined;
-			this.#worker = new Worker(ctl, image, log, capacity);
+			this.#worker = new Worker(ctl, image, log, capacity, o.maxRun);
 			const end = this.#stopRequested ? 'stopped' : await this.#worker.run();
 			if (end === 'target-gone') log.warn('the dm device was removed under us');
 			await this.#shutdown();

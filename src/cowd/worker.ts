@@ -6,13 +6,13 @@
  */
 import type { Logger } from 'pino';
 import { ControlRejectError, type ControlDevice } from '../abi/control.js';
-import { MsgType, ReqFlag } from '../abi/constants.js';
+import { Feature, MsgType, ReqFlag } from '../abi/constants.js';
 import { commitDone, type DaemonMessage, type DmuMessage, mapReply } from '../abi/messages.js';
 import { MapFlag } from '../abi/constants.js';
 import { isDmuError } from '../errors.js';
 import type { Image, MapDecision } from '../plugins/types.js';
 import type { DeviceCapacity } from './capacity.js';
-import { toReply } from './reply.js';
+import { toReply, trimRuns } from './reply.js';
 
 const EIO = 5;
 
@@ -50,6 +50,8 @@ export class Worker {
 	#seq: bigint;
 	/** Blocks given as not yet durable, by the number of the reply that first did. */
 	#uncommitted = new Map<bigint, bigint>();
+	/** Most blocks one answer may cover: 1 unless the kernel has Feature.MAP_RUN. */
+	readonly #maxRun: number;
 
 	constructor(
 		readonly ctl: ControlDevice,
@@ -57,9 +59,14 @@ export class Worker {
 		readonly log: Logger,
 		/** Grows loop devices under mappings past their end; none in tests without a kernel. */
 		readonly capacity?: DeviceCapacity,
+		/** Cap on blocks per answer (cowd --max-run); the kernel's own limit applies anyway. */
+		maxRunCap?: number,
 	) {
 		this.#firstSeq = ctl.features.replySeq;
 		this.#seq = this.#firstSeq;
+		const f = ctl.features;
+		const kernelMax = f.features !== undefined && (f.features & Feature.MAP_RUN) !== 0n ? Math.max(1, f.maxRun) : 1;
+		this.#maxRun = Math.max(1, Math.min(kernelMax, maxRunCap ?? kernelMax));
 	}
 
 	async run(): Promise<WorkerEnd> {
@@ -88,7 +95,7 @@ export class Worker {
 		// Overlapping or not, a message other than MAP (a commit) is a
 		// barrier: it sees exactly the maps before it in the batch. Answers
 		// go back in one batch.
-		const replies: DaemonMessage[] = [];
+		let replies: DaemonMessage[] = [];
 		const concurrent = this.image.capabilities.concurrentMap === true;
 		for (let i = 0; i < msgs.length; ) {
 			let end = i + 1;
@@ -98,6 +105,7 @@ export class Worker {
 			i = end;
 		}
 		if (replies.length === 0) return;
+		if (this.#maxRun > 1) replies = trimRuns(replies, BigInt(this.image.blockSize / 512));
 		let refused = new Set<DaemonMessage>();
 		try {
 			await this.ctl.writeBatch(replies);
@@ -131,6 +139,22 @@ export class Worker {
 		return (block) => (this.#uncommitted.get(block) ?? this.#firstSeq) <= coveredSeq;
 	}
 
+	/**
+	 * A run the kernel would refuse is a plugin bug: answer for the one
+	 * block instead, and say so once per batch of logs.
+	 */
+	#checkRun(block: bigint, d: MapDecision): MapDecision {
+		if (d.kind === 'error' || d.run === undefined || d.run <= 1) return d;
+		const bs = BigInt(this.image.blockSize);
+		const blocksLeft = (this.image.virtualSize + bs - 1n) / bs - block;
+		const oneOnly = (d.kind === 'map' && d.copyFrom !== undefined) || d.temporary === true;
+		if (oneOnly || !Number.isInteger(d.run) || d.run > this.#maxRun || BigInt(d.run) > blocksLeft) {
+			this.log.warn({ block, run: d.run, maxRun: this.#maxRun }, 'plugin gave a run the kernel cannot take: answering for one block');
+			return { ...d, run: undefined };
+		}
+		return d;
+	}
+
 	async #handle(m: DmuMessage): Promise<DaemonMessage | undefined> {
 		switch (m.type) {
 			case MsgType.MAP: {
@@ -140,10 +164,11 @@ export class Worker {
 					write: (m.flags & ReqFlag.WRITE) !== 0,
 					wholeBlock: (m.flags & ReqFlag.WHOLE_BLOCK) !== 0,
 					roFault: (m.flags & ReqFlag.RO_FAULT) !== 0,
+					maxRun: this.#maxRun,
 				};
 				let d: MapDecision;
 				try {
-					d = await this.image.map(req);
+					d = this.#checkRun(m.block, await this.image.map(req));
 				} catch (e) {
 					this.stats.errors++;
 					this.log.error({ block: m.block, write: req.write, err: isDmuError(e) ? e.message : String(e) }, 'map failed: failing the I/O');
@@ -155,7 +180,8 @@ export class Worker {
 						// As the kernel checks it: a short last block needs only its own sectors.
 						const bs = BigInt(this.image.blockSize / 512);
 						const left = diskSectors(this.image) - m.block * bs;
-						const len = left < bs ? left : bs;
+						const span = bs * BigInt(d.run ?? 1);
+						const len = left < span ? left : span;
 						await this.capacity.ensure(d.dev, d.sector + len);
 						if (d.copyFrom) await this.capacity.ensure(d.copyFrom.dev, d.copyFrom.sector + len);
 					} catch (e) {

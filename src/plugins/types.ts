@@ -28,6 +28,11 @@ export interface MapRequest {
 	wholeBlock: boolean;
 	/** The block had a read-only mapping and a write hit it. */
 	roFault: boolean;
+	/**
+	 * Most blocks the answer may cover (MapDecision.run); absent or 1: this
+	 * block only (a kernel without Feature.MAP_RUN).
+	 */
+	maxRun?: number;
 }
 
 /** Where the block lives, as the kernel will remember it. */
@@ -44,9 +49,18 @@ export type MapDecision =
 			temporary?: boolean;
 			/** Metadata for this mapping is already durable (no commit for FUA). */
 			durable?: boolean;
+			/**
+			 * The answer also holds for the next run - 1 blocks, each one
+			 * block further on `dev` (at most MapRequest.maxRun; not with
+			 * copyFrom or temporary). Only for blocks whose answer cannot
+			 * change unless the kernel asks about them: a block being
+			 * allocated, or allocated before, must not be in a run that
+			 * says otherwise. Saves a round trip per block on first reads.
+			 */
+			run?: number;
 	  }
 	/** Reads return zeros; never writable (a write faults back). */
-	| { kind: 'zero'; temporary?: boolean }
+	| { kind: 'zero'; temporary?: boolean; run?: number }
 	/** Fail the waiting bios with this positive errno. */
 	| { kind: 'error'; errno: number };
 

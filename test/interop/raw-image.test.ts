@@ -23,7 +23,9 @@ t.test('raw of an odd size: reads, writes, size kept', (t) =>
 		t.equal(eng.image.virtualSize, BigInt(size));
 		t.equal(eng.image.blockSize, 512, 'blocks shrink until the last one is whole');
 		const d = await eng.image.map({ block: BigInt(size / 512 - 1), write: false, wholeBlock: false, roFault: false });
-		t.same(d, { kind: 'map', dev: 0, sector: BigInt(size / 512 - 1), writable: true, durable: true }, 'last block inside the file');
+		t.same(d, { kind: 'map', dev: 0, sector: BigInt(size / 512 - 1), writable: true, durable: true, run: 1 }, 'last block inside the file');
+		const first = await eng.image.map({ block: 0n, write: false, wholeBlock: false, roFault: false, maxRun: 1 << 20 });
+		t.match(first, { dev: 0, sector: 0n, run: size / 512 }, 'one identity run to the end of the disk');
 		await randomWrites(eng, ref, prng(1), 30, 70_000);
 		await eng.write(size - 1000, Buffer.alloc(1000, 0xee)); // inside the partial block
 		ref.fill(0xee, size - 1000);

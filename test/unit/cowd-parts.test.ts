@@ -14,7 +14,8 @@ import { parseTable, tableLine } from '../../src/cowd/daemon.js';
 import { parseStatus } from '../../src/cowd/devices.js';
 import { lockImage } from '../../src/cowd/lock.js';
 import { keyOf, validateName } from '../../src/cowd/names.js';
-import { toReply } from '../../src/cowd/reply.js';
+import { mapReply } from '../../src/abi/messages.js';
+import { toReply, trimRuns } from '../../src/cowd/reply.js';
 import { ScratchFile } from '../../src/cowd/scratch.js';
 
 t.test('decisions become MAP_REPLY messages that survive the codec', async (t) => {
@@ -37,6 +38,36 @@ t.test('decisions become MAP_REPLY messages that survive the codec', async (t) =
 		const [back] = decodeBatch(encodeBatch([msg]));
 		t.same(back, msg, 'round trip through the codec');
 	}
+});
+
+t.test('runs: in the reply only when they cover more than one block', async (t) => {
+	t.equal(toReply(1n, 7n, { kind: 'map', dev: 1, sector: 8n, writable: false, run: 16 }).run, 16);
+	t.equal(toReply(1n, 7n, { kind: 'zero', run: 5 }).run, 5);
+	t.equal(toReply(1n, 7n, { kind: 'map', dev: 1, sector: 8n, writable: false, run: 1 }).run, 0);
+	t.equal(toReply(1n, 7n, { kind: 'map', dev: 1, sector: 8n, writable: false }).run, 0);
+});
+
+t.test('a batch never contradicts its own runs', async (t) => {
+	const base = (id: bigint, block: bigint, run = 0) => mapReply({ id, block, flags: MapFlag.DURABLE, dev: 1, sector: block * 8n, run });
+	const own = (id: bigint, block: bigint) => mapReply({ id, block, flags: MapFlag.WRITABLE, dev: 0, sector: 1000n + block * 8n });
+	// A sequential first read: neighbours agree with the run, which stays whole.
+	const seq = [base(1n, 10n, 100), base(2n, 11n, 99), base(3n, 12n, 98)];
+	t.same(
+		trimRuns(seq, 8n).map((r) => (r as { run: number }).run),
+		[100, 99, 98],
+		'agreeing neighbours keep the runs',
+	);
+	// Block 14 is being allocated in the same batch: runs over it stop before it.
+	const mixed = [base(1n, 10n, 100), own(2n, 14n), base(3n, 13n, 2), base(4n, 20n, 5)];
+	const out = trimRuns(mixed, 8n);
+	t.same(
+		out.map((r) => (r as { run: number }).run),
+		[4, 0, 0, 5],
+		'runs cut before the allocated block (a run of one becomes 0)',
+	);
+	t.equal(out[1], mixed[1], 'other replies untouched');
+	const zeros = [mapReply({ id: 1n, block: 0n, flags: MapFlag.ZERO, run: 10 }), mapReply({ id: 2n, block: 3n, flags: MapFlag.ZERO })];
+	t.equal((trimRuns(zeros, 8n)[0] as { run: number }).run, 10, 'zero answers agree whatever the sector');
 });
 
 t.test('table lines and their parsing', async (t) => {

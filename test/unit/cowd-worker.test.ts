@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import t from 'tap';
 import type { ControlDevice } from '../../src/abi/control.js';
-import { MapFlag, MsgType, ReqFlag } from '../../src/abi/constants.js';
+import { Feature, MapFlag, MsgType, ReqFlag } from '../../src/abi/constants.js';
 import type { DaemonMessage, DmuMessage, KernelMessage } from '../../src/abi/messages.js';
 import { Worker } from '../../src/cowd/worker.js';
 import { plugin } from '../../src/plugins/dscow/index.js';
@@ -21,14 +21,15 @@ import { plugin } from '../../src/plugins/dscow/index.js';
 /** Replays batches (after an optional check before each), collects answers, ends like a removed target. */
 class ScriptedControl {
 	readonly written: DaemonMessage[][] = [];
-	readonly features: { replySeq: bigint };
+	readonly features: { replySeq: bigint; features: bigint; maxRun: number };
 	#next = 0;
 	constructor(
 		private readonly batches: KernelMessage[][],
 		replySeq = 0n,
 		private readonly before: (batch: number) => Promise<void> = async () => {},
+		maxRun = 0,
 	) {
-		this.features = { replySeq };
+		this.features = { replySeq, features: maxRun ? Feature.MAP_RUN : 0n, maxRun };
 	}
 	async readBatch(): Promise<DmuMessage[]> {
 		const i = this.#next++;
@@ -130,4 +131,22 @@ t.test('allocations of a daemon before this one count as replies up to FEATURES.
 	seen.push(await onDisk(path));
 	t.same(seen, [0n, 0n, 5n], 'not covered by 499, covered by 500');
 	await image.close();
+});
+
+t.test('runs: offered when the kernel has MAP_RUN, cut where the same batch allocates', async (t) => {
+	const path = await dirtyImage(t);
+	const read = (id: number, block: number): KernelMessage => ({ type: MsgType.MAP, flags: 0, id: BigInt(id), block: BigInt(block) });
+	const runs = async (maxRun: number, batch: KernelMessage[]) => {
+		const image = await plugin.open(path);
+		const ctl = new ScriptedControl([batch], 0n, async () => {}, maxRun);
+		await new Worker(ctl as unknown as ControlDevice, image, pino({ level: 'silent' })).run();
+		await image.close();
+		return ctl.written.flat().map((a) => (a.type === MsgType.MAP_REPLY ? a.run : -1));
+	};
+	t.same(await runs(0, [read(1, 0)]), [0], 'no MAP_RUN: one block per answer');
+	t.same(await runs(8, [read(1, 0)]), [8], 'MAP_RUN: a zero run of maxRun blocks');
+	// The read's run is worked out before the write sets block 3's bit; the
+	// batch must still not say "zeros" for block 3 while handing it out.
+	t.same(await runs(8, [read(1, 10), write(2, 13, true)]), [3, 0], 'the run stops before the block allocated beside it');
+	t.same(await runs(8, [read(1, 10)]), [3], 'and later runs stop there too (the block is allocated)');
 });

@@ -79,7 +79,7 @@ t.test('map decisions follow the rules', async (t) => {
 	t.strictSame(img.devices.map((d) => d.writable), [true, false], 'image rw, base ro');
 	t.equal(img.capabilities.scratch, false, 'aligned base needs no scratch');
 	const r = await img.map({ block: 2n, write: false, wholeBlock: false, roFault: false });
-	t.strictSame(r, { kind: 'map', dev: 1, sector: (2n * 65536n) / 512n, writable: false, durable: true }, 'read: base, read-only');
+	t.strictSame(r, { kind: 'map', dev: 1, sector: (2n * 65536n) / 512n, writable: false, durable: true, run: 1 }, 'read: base, read-only');
 	const w = await img.map({ block: 2n, write: true, wholeBlock: false, roFault: true });
 	t.match(w, { kind: 'map', dev: 0, sector: (65536n + 2n * 65536n) / 512n, writable: true, durable: false, copyFrom: { dev: 1, sector: 256n } });
 	const ww = await img.map({ block: 3n, write: true, wholeBlock: true, roFault: false });
@@ -94,6 +94,42 @@ t.test('map decisions follow the rules', async (t) => {
 	t.match(await img.map({ block: 5n, write: false, wholeBlock: false, roFault: false }), { dev: 1 }, 'block 5 back on the base');
 	await img.copyFailed!(2n);
 	t.match(await img.map({ block: 2n, write: false, wholeBlock: false, roFault: false }), { dev: 0 }, 'committed block 2 kept');
+});
+
+t.test('runs: one answer for the neighbours that have the same one', async (t) => {
+	const { image } = await setup(t, 1 << 20); // 16 blocks of base
+	const img = await plugin.open(image);
+	t.teardown(() => img.close());
+	const read = (block: bigint, maxRun?: number) => img.map({ block, write: false, wholeBlock: false, roFault: false, maxRun });
+	t.match(await read(2n), { dev: 1, run: 1 }, 'no maxRun: one block');
+	t.match(await read(2n, 8), { dev: 1, sector: 256n, run: 8 }, 'unwritten neighbours: a base run up to maxRun');
+	t.match(await read(12n, 100), { dev: 1, run: 4 }, 'a base run stops at the end of the base');
+	await img.map({ block: 5n, write: true, wholeBlock: true, roFault: false });
+	t.match(await read(2n, 8), { dev: 1, run: 3 }, 'a base run stops before an allocated block');
+	t.match(await read(5n, 8), { dev: 0, durable: false, run: 1 }, 'an uncommitted block: no run');
+	await img.commit();
+	await img.map({ block: 6n, write: true, wholeBlock: true, roFault: false });
+	await img.map({ block: 7n, write: true, wholeBlock: true, roFault: false });
+	await img.commit();
+	await img.map({ block: 8n, write: true, wholeBlock: true, roFault: false });
+	t.match(await read(5n, 8), { dev: 0, sector: (65536n + 5n * 65536n) / 512n, writable: true, durable: true, run: 3 }, 'committed neighbours: one run in the file, not past an uncommitted one');
+});
+
+t.test('runs: zeros without a base; the partial last base block stands alone', async (t) => {
+	const { image } = await setup(t, null);
+	const img = await plugin.open(image);
+	t.teardown(() => img.close());
+	const read = (block: bigint, maxRun?: number) => img.map({ block, write: false, wholeBlock: false, roFault: false, maxRun });
+	t.match(await read(1n, 1000), { kind: 'zero', run: 63 }, 'a zero run to the end of the disk');
+	await img.map({ block: 5n, write: true, wholeBlock: true, roFault: false });
+	t.match(await read(1n, 1000), { kind: 'zero', run: 4 }, 'a zero run stops before an allocated block');
+
+	const p = await setup(t, 3 * BS + 3000);
+	const e = await BlockEngine.open(plugin, p.image);
+	t.teardown(() => e.close());
+	const pr = (block: bigint) => e.image.map({ block, write: false, wholeBlock: false, roFault: false, maxRun: 10 });
+	t.match(await pr(0n), { dev: 1, run: 3 }, 'a base run stops before the partial block');
+	t.match(await pr(3n), { dev: 2, run: 1 }, 'the partial block (scratch) alone');
 });
 
 t.test('no base: unallocated reads are zeros', async (t) => {

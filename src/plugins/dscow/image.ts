@@ -189,22 +189,41 @@ export class DscowImage implements Image {
 		return { dev: 1, sector: (block * BigInt(this.blockSize)) / 512n };
 	}
 
+	/**
+	 * How many blocks from `block` on (at most `max`, and before `end`)
+	 * `same` holds for: the run one answer may cover. Blocks being
+	 * allocated right now have their bit set already or are waiting in the
+	 * kernel, which keeps their own answer (see MapDecision.run).
+	 */
+	#run(block: bigint, max: number | undefined, end: bigint, same: (b: bigint) => boolean): number {
+		let n = 1;
+		const limit = BigInt(max ?? 1);
+		while (BigInt(n) < limit && block + BigInt(n) < end && same(block + BigInt(n))) n++;
+		return n;
+	}
+
 	async map(req: MapRequest): Promise<MapDecision> {
 		const { block } = req;
-		if (block < 0n || block >= this.header.blockCount) return { kind: 'error', errno: EIO };
+		const count = this.header.blockCount;
+		if (block < 0n || block >= count) return { kind: 'error', errno: EIO };
 		if (this.bitmap.get(block)) {
-			return {
-				kind: 'map',
-				dev: 0,
-				sector: this.#imageSector(block),
-				writable: !this.readOnly,
-				durable: !this.#pending.has(block),
-			};
+			const durable = !this.#pending.has(block);
+			// Committed neighbours are contiguous in the file: one answer for all.
+			const run = durable ? this.#run(block, req.maxRun, count, (b) => this.bitmap.get(b) && !this.#pending.has(b)) : 1;
+			return { kind: 'map', dev: 0, sector: this.#imageSector(block), writable: !this.readOnly, durable, run };
 		}
 		const src = await this.#source(block);
 		if (!req.write) {
-			if (!src) return { kind: 'zero' };
-			return { kind: 'map', dev: src.dev, sector: src.sector, writable: false, durable: true };
+			// Unwritten neighbours read the base (up to its last whole block) or zeros after it.
+			const bs = BigInt(this.blockSize);
+			const baseBlocks = this.basePath ? this.header.base.size / bs : 0n;
+			const unwritten = (b: bigint) => !this.bitmap.get(b);
+			if (!src) {
+				const afterBase = this.#lastPartial ? this.#lastPartial.block + 1n : baseBlocks;
+				return { kind: 'zero', run: this.#run(block, req.maxRun, count, (b) => b >= afterBase && unwritten(b)) };
+			}
+			const run = src.dev === 1 ? this.#run(block, req.maxRun, baseBlocks, unwritten) : 1;
+			return { kind: 'map', dev: src.dev, sector: src.sector, writable: false, durable: true, run };
 		}
 		if (this.readOnly) return { kind: 'error', errno: EROFS };
 		if (!src && !req.wholeBlock && this.wasDirty) {

@@ -33,7 +33,12 @@ class RawImage implements Image {
 	async map(req: MapRequest): Promise<MapDecision> {
 		if (req.block < 0n || req.block * BigInt(this.blockSize) >= this.virtualSize) return { kind: 'error', errno: 5 };
 		if (req.write && !this.writable) return { kind: 'error', errno: 30 }; // EROFS
-		return { kind: 'map', dev: 0, sector: req.block * this.#spb, writable: this.writable, durable: true };
+		// Identity: every block from here to the end has the same answer.
+		const blocks = (this.virtualSize + BigInt(this.blockSize) - 1n) / BigInt(this.blockSize);
+		const left = blocks - req.block;
+		const max = BigInt(req.maxRun ?? 1);
+		const run = Number(left < max ? left : max);
+		return { kind: 'map', dev: 0, sector: req.block * this.#spb, writable: this.writable, durable: true, run };
 	}
 	async commit(): Promise<void> {}
 	async close(): Promise<void> {}

@@ -67,43 +67,58 @@ function layoutOf(type: number, index: number, offset: number): readonly WireFie
 	return layout;
 }
 
+/** A DataView over a Buffer: its u64 accessors are engine built-ins, Buffer's are not. */
+const viewOf = (buf: Buffer) => new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+
 /**
  * Encode one message into `buf` at `offset` (a fresh 64-byte buffer by
  * default). Throws AbiError on an unknown type or an out-of-range field.
  */
 export function encodeMessage(msg: DmuMessage, buf = Buffer.alloc(DMU_MSG_SIZE), offset = 0, index = 0): Buffer {
+	encodeInto(msg, buf, viewOf(buf), offset, index, false);
+	return buf;
+}
+
+/**
+ * The encoder. cowd encodes every answer with it, so it stays lean: the
+ * message name is only looked up for an error, u64s go through the
+ * DataView, and reserved bytes of a buffer known to be zeroed are left.
+ */
+function encodeInto(msg: DmuMessage, buf: Buffer, view: DataView, offset: number, index: number, zeroed: boolean): void {
 	const layout = layoutOf(msg.type, index, offset);
 	const values = msg as unknown as Record<string, unknown>;
-	const name = msgTypeName(msg.type);
 	for (const f of layout) {
 		const at = offset + f.at;
 		if (f.kind === 'reserved') {
-			buf.fill(0, at, at + f.size);
+			if (!zeroed) buf.fill(0, at, at + f.size);
 			continue;
 		}
 		const v = values[f.name];
 		const bad = (why: string) =>
-			new AbiError(AbiErrorCode.FIELD, `${name}.${f.name}: ${why} (message ${index})`, index, at);
+			new AbiError(AbiErrorCode.FIELD, `${msgTypeName(msg.type)}.${f.name}: ${why} (message ${index})`, index, at);
 		if (f.kind === 'u64') {
 			if (typeof v !== 'bigint') throw bad(`expected a bigint, got ${typeof v}`);
 			if (v < 0n || v > U64_MAX) throw bad(`${v} does not fit in u64`);
-			buf.writeBigUInt64LE(v, at);
+			view.setBigUint64(at, v, true);
 		} else {
 			if (typeof v !== 'number' || !Number.isInteger(v)) throw bad(`expected an integer, got ${String(v)}`);
 			if (f.kind === 'u32') {
 				if (v < 0 || v > U32_MAX) throw bad(`${v} does not fit in u32`);
-				buf.writeUInt32LE(v, at);
+				view.setUint32(at, v, true);
 			} else {
 				if (v < S32_MIN || v > S32_MAX) throw bad(`${v} does not fit in s32`);
-				buf.writeInt32LE(v, at);
+				view.setInt32(at, v, true);
 			}
 		}
 	}
-	return buf;
 }
 
 /** Decode the 64-byte message at `offset`. */
 export function decodeMessage(buf: Buffer, offset = 0, opts: DecodeOptions = {}, index = 0): DmuMessage {
+	return decodeFrom(buf, viewOf(buf), offset, opts, index);
+}
+
+function decodeFrom(buf: Buffer, view: DataView, offset: number, opts: DecodeOptions, index: number): DmuMessage {
 	if (buf.length - offset < DMU_MSG_SIZE) {
 		throw new AbiError(
 			AbiErrorCode.LENGTH,
@@ -112,7 +127,7 @@ export function decodeMessage(buf: Buffer, offset = 0, opts: DecodeOptions = {},
 			offset,
 		);
 	}
-	const type = buf.readUInt32LE(offset);
+	const type = view.getUint32(offset, true);
 	const layout = layoutOf(type, index, offset);
 	const checkReserved = opts.checkReserved ?? true;
 	const out: Record<string, number | bigint> = {};
@@ -120,13 +135,13 @@ export function decodeMessage(buf: Buffer, offset = 0, opts: DecodeOptions = {},
 		const at = offset + f.at;
 		switch (f.kind) {
 			case 'u32':
-				out[f.name] = buf.readUInt32LE(at);
+				out[f.name] = view.getUint32(at, true);
 				break;
 			case 's32':
-				out[f.name] = buf.readInt32LE(at);
+				out[f.name] = view.getInt32(at, true);
 				break;
 			case 'u64':
-				out[f.name] = buf.readBigUInt64LE(at);
+				out[f.name] = view.getBigUint64(at, true);
 				break;
 			case 'reserved':
 				if (checkReserved) {
@@ -150,7 +165,8 @@ export function decodeMessage(buf: Buffer, offset = 0, opts: DecodeOptions = {},
 /** Encode a batch: the messages back to back, msgs.length * 64 bytes. */
 export function encodeBatch(msgs: readonly DmuMessage[]): Buffer {
 	const buf = Buffer.alloc(msgs.length * DMU_MSG_SIZE);
-	for (const [i, m] of msgs.entries()) encodeMessage(m, buf, i * DMU_MSG_SIZE, i);
+	const view = viewOf(buf);
+	for (let i = 0; i < msgs.length; i++) encodeInto(msgs[i]!, buf, view, i * DMU_MSG_SIZE, i, true);
 	return buf;
 }
 
@@ -169,8 +185,9 @@ export function decodeBatch(buf: Buffer, opts: DecodeOptions = {}): DmuMessage[]
 		);
 	}
 	const msgs: DmuMessage[] = [];
+	const view = viewOf(buf);
 	for (let i = 0; i * DMU_MSG_SIZE < buf.length; i++) {
-		msgs.push(decodeMessage(buf, i * DMU_MSG_SIZE, opts, i));
+		msgs.push(decodeFrom(buf, view, i * DMU_MSG_SIZE, opts, i));
 	}
 	return msgs;
 }

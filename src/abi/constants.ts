@@ -85,11 +85,10 @@ export type MsgTypeValue = (typeof MsgType)[MsgTypeName];
 export const DMU_MSG_TO_KERNEL = 0x80;
 
 /** Name of a type value, for logs and errors ("MAP_REPLY", or undefined). */
+const TYPE_NAMES = new Map<number, MsgTypeName>(Object.entries(MsgType).map(([name, value]) => [value, name as MsgTypeName]));
+
 export function msgTypeName(type: number): MsgTypeName | undefined {
-	for (const [name, value] of Object.entries(MsgType)) {
-		if (value === type) return name as MsgTypeName;
-	}
-	return undefined;
+	return TYPE_NAMES.get(type);
 }
 
 /** MAP request flags (struct dmu_msg.flags of a MsgType.MAP). */

@@ -21,6 +21,11 @@ export class Bitmap {
 		return ((this.words[b >>> 5]! >>> (b & 31)) & 1) === 1;
 	}
 
+	/** get() for a block number that fits a double (every real bitmap): no BigInt on the hot path. */
+	has(block: number): boolean {
+		return ((this.words[block >>> 5]! >>> (block & 31)) & 1) === 1;
+	}
+
 	set(block: bigint): void {
 		const b = Number(block);
 		const w = b >>> 5;

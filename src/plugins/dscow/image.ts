@@ -195,11 +195,12 @@ export class DscowImage implements Image {
 	 * allocated right now have their bit set already or are waiting in the
 	 * kernel, which keeps their own answer (see MapDecision.run).
 	 */
-	#run(block: bigint, max: number | undefined, end: bigint, same: (b: bigint) => boolean): number {
-		let n = 1;
-		const limit = BigInt(max ?? 1);
-		while (BigInt(n) < limit && block + BigInt(n) < end && same(block + BigInt(n))) n++;
-		return n;
+	#run(block: bigint, max: number | undefined, end: bigint, same: (b: number) => boolean): number {
+		const first = Number(block);
+		const stop = Math.min(first + (max ?? 1), Number(end));
+		let b = first + 1;
+		while (b < stop && same(b)) b++;
+		return b - first;
 	}
 
 	async map(req: MapRequest): Promise<MapDecision> {
@@ -209,7 +210,7 @@ export class DscowImage implements Image {
 		if (this.bitmap.get(block)) {
 			const durable = !this.#pending.has(block);
 			// Committed neighbours are contiguous in the file: one answer for all.
-			const run = durable ? this.#run(block, req.maxRun, count, (b) => this.bitmap.get(b) && !this.#pending.has(b)) : 1;
+			const run = durable ? this.#run(block, req.maxRun, count, (b) => this.bitmap.has(b) && (this.#pending.size === 0 || !this.#pending.has(BigInt(b)))) : 1;
 			return { kind: 'map', dev: 0, sector: this.#imageSector(block), writable: !this.readOnly, durable, run };
 		}
 		const src = await this.#source(block);
@@ -217,11 +218,8 @@ export class DscowImage implements Image {
 			// Unwritten neighbours read the base (up to its last whole block) or zeros after it.
 			const bs = BigInt(this.blockSize);
 			const baseBlocks = this.basePath ? this.header.base.size / bs : 0n;
-			const unwritten = (b: bigint) => !this.bitmap.get(b);
-			if (!src) {
-				const afterBase = this.#lastPartial ? this.#lastPartial.block + 1n : baseBlocks;
-				return { kind: 'zero', run: this.#run(block, req.maxRun, count, (b) => b >= afterBase && unwritten(b)) };
-			}
+			const unwritten = (b: number) => !this.bitmap.has(b);
+			if (!src) return { kind: 'zero', run: this.#run(block, req.maxRun, count, unwritten) };
 			const run = src.dev === 1 ? this.#run(block, req.maxRun, baseBlocks, unwritten) : 1;
 			return { kind: 'map', dev: src.dev, sector: src.sector, writable: false, durable: true, run };
 		}

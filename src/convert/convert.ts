@@ -41,8 +41,11 @@ export interface ConvertStats {
 
 const CHUNK = 4 * 1024 * 1024;
 
-/** Chunk buffers per reader: one being read, one or two being written. */
-const BUFFERS = 3;
+/** Chunks whose writes may be in flight at once. */
+const WRITE_DEPTH = 2;
+
+/** Chunk buffers per reader: one being read, the others being written. */
+const BUFFERS = WRITE_DEPTH + 1;
 
 /**
  * Flush-behind: once this many bytes were written since the last one, an
@@ -128,7 +131,7 @@ export async function convert(o: ConvertOptions): Promise<ConvertStats> {
 		// A raw destination is its file: nothing to ask per block.
 		const linearDst = dst.image.capabilities.linear === true && dst.files.length > 0;
 		// The files written (a backing file under DST is only read).
-		const outFiles = dst.files.filter((_, k) => dst?.image.devices[k]?.writable);
+		const outFiles = engine.files.filter((_, k) => engine.image.devices[k]?.writable);
 
 		/** Byte ranges of chunk `c` to write: whole destination blocks that differ from what DST reads already. */
 		const toWrite = (c: Chunk, b: Chunk | undefined, len: number): Ranges => {
@@ -195,14 +198,14 @@ export async function convert(o: ConvertOptions): Promise<ConvertStats> {
 		};
 
 		// The pipeline: chunk i is read into buffer i % BUFFERS while the
-		// writes of the chunks before it go on; a buffer is read into again
-		// only once its last chunk's writes are done. Writes go out in order,
-		// one chunk after the other (the file's inode lock serialises them
-		// anyway), and every SYNC_EVERY bytes an fdatasync starts behind them.
+		// writes of the two chunks before it go on (two writers beat one on
+		// the bench VM: ~3.0 s against ~3.9 s for 1 GiB into qcow2); a buffer
+		// is read into again only once its last chunk's writes are done.
+		// Every SYNC_EVERY bytes an fdatasync starts behind the writes.
 		const writesOf: Array<Promise<void>> = [];
-		let writing: Promise<void> = Promise.resolve();
 		let syncing: Promise<unknown> | undefined;
 		let sinceSync = 0;
+		let shown = 0n;
 		const readChunk = async (i: number) => {
 			await writesOf[i - BUFFERS];
 			const off = BigInt(i) * BigInt(chunk);
@@ -226,9 +229,9 @@ export async function convert(o: ConvertOptions): Promise<ConvertStats> {
 				const bytes = ranges.reduce((n, [s, e]) => n + e - s, 0);
 				stats.written += BigInt(bytes);
 				stats.skipped += BigInt(len - bytes);
-				writing = track(
-					writing.then(async () => {
-						for (const op of ops) await writeOp(op);
+				const writing = track(
+					(writesOf[i - WRITE_DEPTH] ?? Promise.resolve()).then(async () => {
+						await Promise.all(ops.map(writeOp));
 						sinceSync += bytes;
 						if (sinceSync >= SYNC_EVERY && !syncing) {
 							sinceSync = 0;
@@ -241,9 +244,15 @@ export async function convert(o: ConvertOptions): Promise<ConvertStats> {
 				);
 				writesOf[i] = writing;
 				// Progress counts what is written, not what is read.
-				void writing.then(() => o.onProgress?.(off + BigInt(len), size), () => undefined);
+				void writing.then(
+					() => {
+						if (off + BigInt(len) > shown) shown = off + BigInt(len);
+						o.onProgress?.(shown, size);
+					},
+					() => undefined,
+				);
 			}
-			await writing;
+			await Promise.all(writesOf.slice(-WRITE_DEPTH));
 			await syncing;
 		} finally {
 			// A failure must not leave a read or write running (or its rejection unhandled).

@@ -86,12 +86,21 @@ const addRange = (r: Ranges, s: number, e: number) => {
 
 /** Zero the bytes of [from, to) that `ranges` does not cover. */
 export function fillGaps(data: Buffer, ranges: Ranges, from: number, to: number): void {
+	// Binary search for the first range ending after `from`: a chunk of
+	// 512-byte blocks can hold thousands of ranges, looked at block by block.
+	let lo = 0;
+	let hi = ranges.length;
+	while (lo < hi) {
+		const mid = (lo + hi) >> 1;
+		if (ranges[mid]![1] <= from) lo = mid + 1;
+		else hi = mid;
+	}
 	let cur = from;
-	for (const [s, e] of ranges) {
-		if (e <= cur) continue;
+	for (let i = lo; i < ranges.length && cur < to; i++) {
+		const [s, e] = ranges[i]!;
 		if (s >= to) break;
 		if (s > cur) data.fill(0, cur, s);
-		cur = Math.max(cur, e);
+		if (e > cur) cur = e;
 	}
 	if (cur < to) data.fill(0, cur, to);
 }

@@ -6,12 +6,12 @@
  * writing: blocks that read as zeros (a new image already reads zeros),
  * or, with a backing file (-B), blocks equal to the backing file's.
  */
-import { realpath } from 'node:fs/promises';
+import { type FileHandle, realpath } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { DmuError } from '../errors.js';
 import { BlockEngine } from '../plugins/engine.js';
 import { loadPlugin } from '../plugins/registry.js';
-import { SourceReader } from './source.js';
+import { type Chunk, fillGaps, pageAligned, type Ranges, SourceReader } from './source.js';
 
 export interface ConvertOptions {
 	src: string;
@@ -41,6 +41,23 @@ export interface ConvertStats {
 
 const CHUNK = 4 * 1024 * 1024;
 
+/** Chunks whose writes may be in flight at once. */
+const WRITE_DEPTH = 2;
+
+/** Chunk buffers per reader: one being read, the others being written. */
+const BUFFERS = WRITE_DEPTH + 1;
+
+/**
+ * Flush-behind: once this many bytes were written since the last one, an
+ * fdatasync of the destination starts (not awaited; one at a time), so the
+ * disk writes back while the copy goes on instead of all at close. Without
+ * it the final fdatasync of a 4 GiB conversion was a third of its time.
+ */
+const SYNC_EVERY = 32 * 1024 * 1024;
+
+/** Most buffers in one pwritev (Linux takes 1024). */
+const MAX_IOV = 1024;
+
 const ZEROS = Buffer.alloc(64 * 1024);
 
 const isZero = (b: Buffer) => {
@@ -52,6 +69,31 @@ const isZero = (b: Buffer) => {
 	}
 	return true;
 };
+
+/** Bytes that go at one place of one file, maybe from several buffers (a pwritev). */
+interface WriteOp {
+	file: FileHandle;
+	pos: number;
+	bufs: Buffer[];
+	len: number;
+}
+
+async function writeOp(op: WriteOp): Promise<void> {
+	let bufs = op.bufs;
+	let pos = op.pos;
+	let left = op.len;
+	while (left > 0) {
+		const { bytesWritten } = bufs.length === 1 ? await op.file.write(bufs[0]!, 0, bufs[0]!.length, pos) : await op.file.writev(bufs, pos);
+		if (bytesWritten <= 0) throw new DmuError('DMU_ERR_IO', 'convert: the destination accepted no bytes');
+		left -= bytesWritten;
+		pos += bytesWritten;
+		if (left === 0) break;
+		// A short write: go on from where it stopped.
+		let skip = bytesWritten;
+		while (skip >= bufs[0]!.length) skip -= bufs.shift()!.length;
+		bufs = [bufs[0]!.subarray(skip), ...bufs.slice(1)];
+	}
+}
 
 export async function convert(o: ConvertOptions): Promise<ConvertStats> {
 	const srcReal = await realpath(o.src).catch(() => {
@@ -77,57 +119,146 @@ export async function convert(o: ConvertOptions): Promise<ConvertStats> {
 		if (dst.image.virtualSize < size) {
 			throw new DmuError('DMU_ERR_USAGE', `convert: ${o.dstFormat} made a ${dst.image.virtualSize}-byte disk, the source has ${size}`);
 		}
+		const engine = dst;
 		const piece = dst.image.blockSize;
 		const chunk = Math.max(CHUNK, piece, src.image.blockSize);
 		const stats: ConvertStats = { size, written: 0n, skipped: 0n };
 		const chunkAt = (off: bigint) => Number(size - off < BigInt(chunk) ? size - off : BigInt(chunk));
-		// Two buffers per reader: the next chunk is read while this one is
-		// written (the source's reads and the destination's writes overlap).
-		const srcBufs = [Buffer.allocUnsafe(chunk), Buffer.allocUnsafe(chunk)];
-		const baseBufs = base ? [Buffer.allocUnsafe(chunk), Buffer.allocUnsafe(chunk)] : [];
-		const readChunk = async (off: bigint, i: number) => {
-			const len = chunkAt(off);
-			const c = await src.read(off, len, srcBufs[i % 2]);
-			const b = base ? await base.read(off, len, baseBufs[i % 2]) : undefined;
-			return { c, b };
-		};
-		let next: Promise<Awaited<ReturnType<typeof readChunk>>> | undefined = size > 0n ? readChunk(0n, 0) : undefined;
-		try {
-			for (let off = 0n, i = 0; off < size; off += BigInt(chunk), i++) {
-				const len = chunkAt(off);
-				const { c, b } = await (next as NonNullable<typeof next>);
-				const nextOff = off + BigInt(chunk);
-				next = nextOff < size ? readChunk(nextOff, i + 1) : undefined;
-				if (c.allZero && (!b || b.allZero)) {
-					stats.skipped += BigInt(len);
-				} else {
-					// Neighbouring pieces that need writing go out in one call.
-					let from = -1;
-					const writeRun = async (end: number) => {
-						if (from < 0) return;
-						await dst?.write(off + BigInt(from), c.data.subarray(from, end));
-						stats.written += BigInt(end - from);
-						from = -1;
-					};
-					for (let at = 0; at < len; at += piece) {
-						const n = Math.min(piece, len - at);
-						const mine = c.data.subarray(at, at + n);
-						const same = b ? mine.equals(b.data.subarray(at, at + n)) : isZero(mine);
-						if (same) {
-							await writeRun(at);
-							stats.skipped += BigInt(n);
-						} else if (from < 0) {
-							from = at;
-						}
-					}
-					await writeRun(len);
+		const nChunks = Number((size + BigInt(chunk) - 1n) / BigInt(chunk));
+		const bufs = pageAligned(chunk, base ? 2 * BUFFERS : BUFFERS);
+		const srcBufs = bufs.slice(0, BUFFERS);
+		const baseBufs = bufs.slice(BUFFERS);
+		// A raw destination is its file: nothing to ask per block.
+		const linearDst = dst.image.capabilities.linear === true && dst.files.length > 0;
+		// The files written (a backing file under DST is only read).
+		const outFiles = engine.files.filter((_, k) => engine.image.devices[k]?.writable);
+
+		/** Byte ranges of chunk `c` to write: whole destination blocks that differ from what DST reads already. */
+		const toWrite = (c: Chunk, b: Chunk | undefined, len: number): Ranges => {
+			const out: Ranges = [];
+			const add = (s: number, e: number) => {
+				const last = out[out.length - 1];
+				if (last && last[1] === s) last[1] = e;
+				else out.push([s, e]);
+			};
+			if (b) {
+				// Against a backing file every block is compared, holes too.
+				if (c.ranges.length === 0 && b.ranges.length === 0) return out;
+				fillGaps(c.data, c.ranges, 0, len);
+				fillGaps(b.data, b.ranges, 0, len);
+				for (let at = 0; at < len; at += piece) {
+					const e = Math.min(at + piece, len);
+					if (!c.data.subarray(at, e).equals(b.data.subarray(at, e))) add(at, e);
 				}
-				o.onProgress?.(off + BigInt(len), size);
+				return out;
 			}
+			// Only blocks the source has bytes in are looked at (a new image
+			// reads zeros already); their bytes the source did not fill are
+			// zeros, and a block of zeros is not written (sparse stays sparse).
+			let at = -1;
+			for (const [s, e] of c.ranges) {
+				for (let p = Math.max(s - (s % piece), at); p < e; p += piece) {
+					const pe = Math.min(p + piece, len);
+					fillGaps(c.data, c.ranges, p, pe);
+					if (!isZero(c.data.subarray(p, pe))) add(p, pe);
+					at = pe;
+				}
+			}
+			return out;
+		};
+
+		/** Where the ranges of the chunk at `off` go: pwritev ops, neighbours on the file merged. */
+		const place = async (off: bigint, data: Buffer, ranges: Ranges): Promise<WriteOp[]> => {
+			const ops: WriteOp[] = [];
+			const put = (file: FileHandle, pos: number, buf: Buffer) => {
+				const last = ops[ops.length - 1];
+				if (last && last.file === file && last.pos + last.len === pos && last.bufs.length < MAX_IOV) {
+					// Holes in the source between two runs: the buffers differ,
+					// the places on the file follow each other (qcow2 allocates
+					// in order), so one pwritev takes both.
+					const tail = last.bufs[last.bufs.length - 1]!;
+					if (tail.buffer === buf.buffer && tail.byteOffset + tail.length === buf.byteOffset) {
+						last.bufs[last.bufs.length - 1] = Buffer.from(tail.buffer, tail.byteOffset, tail.length + buf.length);
+					} else {
+						last.bufs.push(buf);
+					}
+					last.len += buf.length;
+				} else {
+					ops.push({ file, pos, bufs: [buf], len: buf.length });
+				}
+			};
+			for (const [s, e] of ranges) {
+				if (linearDst) {
+					put(engine.files[0]!, Number(off) + s, data.subarray(s, e));
+					continue;
+				}
+				for (const r of await engine.place(off + BigInt(s), e - s)) put(r.file, r.pos, data.subarray(s + r.from, s + r.from + r.len));
+			}
+			return ops;
+		};
+
+		// The pipeline: chunk i is read into buffer i % BUFFERS while the
+		// writes of the two chunks before it go on (two writers beat one on
+		// the bench VM: ~3.0 s against ~3.9 s for 1 GiB into qcow2); a buffer
+		// is read into again only once its last chunk's writes are done.
+		// Every SYNC_EVERY bytes an fdatasync starts behind the writes.
+		const writesOf: Array<Promise<void>> = [];
+		let syncing: Promise<unknown> | undefined;
+		let sinceSync = 0;
+		let shown = 0n;
+		const readChunk = async (i: number) => {
+			await writesOf[i - BUFFERS];
+			const off = BigInt(i) * BigInt(chunk);
+			const len = chunkAt(off);
+			const [c, b] = await Promise.all([src.read(off, len, srcBufs[i % BUFFERS]), base?.read(off, len, baseBufs[i % BUFFERS])]);
+			return { c, b, off, len };
+		};
+		const pending: Array<Promise<unknown>> = [];
+		const track = <T>(p: Promise<T>): Promise<T> => {
+			p.catch(() => undefined); // awaited in order below, or in the finally; never unhandled meanwhile
+			pending.push(p);
+			return p;
+		};
+		try {
+			let next = nChunks > 0 ? track(readChunk(0)) : undefined;
+			for (let i = 0; i < nChunks; i++) {
+				const { c, b, off, len } = await (next as NonNullable<typeof next>);
+				next = i + 1 < nChunks ? track(readChunk(i + 1)) : undefined;
+				const ranges = toWrite(c, b, len);
+				const ops = await place(off, c.data, ranges);
+				const bytes = ranges.reduce((n, [s, e]) => n + e - s, 0);
+				stats.written += BigInt(bytes);
+				stats.skipped += BigInt(len - bytes);
+				const writing = track(
+					(writesOf[i - WRITE_DEPTH] ?? Promise.resolve()).then(async () => {
+						await Promise.all(ops.map(writeOp));
+						sinceSync += bytes;
+						if (sinceSync >= SYNC_EVERY && !syncing) {
+							sinceSync = 0;
+							const done = Promise.all(outFiles.map((f) => f.datasync())).finally(() => {
+								syncing = undefined;
+							});
+							syncing = track(done);
+						}
+					}),
+				);
+				writesOf[i] = writing;
+				// Progress counts what is written, not what is read.
+				void writing.then(
+					() => {
+						if (off + BigInt(len) > shown) shown = off + BigInt(len);
+						o.onProgress?.(shown, size);
+					},
+					() => undefined,
+				);
+			}
+			await Promise.all(writesOf.slice(-WRITE_DEPTH));
+			await syncing;
 		} finally {
-			// A failed write must not leave a read running (or its rejection unhandled).
-			await next?.catch(() => undefined);
+			// A failure must not leave a read or write running (or its rejection unhandled).
+			await Promise.allSettled(pending);
 		}
+		await Promise.all(pending);
 		await dst.close();
 		dst = undefined;
 		return stats;

@@ -58,6 +58,14 @@ class ScratchFile implements ScratchArea {
 	}
 }
 
+/** Where part of a write lands: data[from, from + len) goes at byte `pos` of `file`. */
+export interface PlacedRun {
+	file: FileHandle;
+	pos: number;
+	from: number;
+	len: number;
+}
+
 export class BlockEngine {
 	readonly stats: EngineStats = { requests: 0, copies: 0, faults: 0 };
 	#mappings = new Map<bigint, Remembered>();
@@ -167,37 +175,46 @@ export class BlockEngine {
 	 * (a conversion to qcow2 allocates clusters in order).
 	 */
 	async write(offset: bigint | number, data: Buffer): Promise<void> {
-		const off = BigInt(offset);
-		this.#check(off, data.length);
-		const bs = BigInt(this.#bs);
-		let run: { dev: number; pos: number; from: number; len: number } | undefined;
-		const flushRun = async () => {
-			if (!run) return;
-			const f = this.#file(run.dev);
-			for (let w = 0; w < run.len; ) {
-				const { bytesWritten } = await f.write(data, run.from + w, run.len - w, run.pos + w);
+		for (const r of await this.place(offset, data.length)) {
+			for (let w = 0; w < r.len; ) {
+				const { bytesWritten } = await r.file.write(data, r.from + w, r.len - w, r.pos + w);
 				w += bytesWritten;
 			}
-			run = undefined;
-		};
+		}
+	}
+
+	/**
+	 * Map a write of `length` bytes at byte `offset` (allocating, and
+	 * copying first where the plugin asks) without writing it: where the
+	 * bytes go, as runs of blocks placed next to each other on one device.
+	 * The caller writes data[from, from + len) at `pos` of `file`, before
+	 * the next flush(). `dmu convert` maps a chunk, then writes it while it
+	 * reads the next one.
+	 */
+	async place(offset: bigint | number, length: number): Promise<PlacedRun[]> {
+		const off = BigInt(offset);
+		this.#check(off, length);
+		const bs = BigInt(this.#bs);
+		const runs: PlacedRun[] = [];
+		let run: (PlacedRun & { dev: number }) | undefined;
 		let done = 0;
-		while (done < data.length) {
+		while (done < length) {
 			const pos = off + BigInt(done);
 			const block = pos / bs;
 			const inBlock = Number(pos % bs);
-			const n = Math.min(this.#bs - inBlock, data.length - done);
+			const n = Math.min(this.#bs - inBlock, length - done);
 			const d = await this.#decide(block, true, inBlock === 0 && n === this.#bs);
 			if (d.kind !== 'map') throw new DmuError('DMU_ERR_PLUGIN_BUG', 'write mapped to zero');
 			const at = Number(d.sector * 512n) + inBlock;
 			if (run && run.dev === d.dev && run.pos + run.len === at) {
 				run.len += n;
 			} else {
-				await flushRun();
-				run = { dev: d.dev, pos: at, from: done, len: n };
+				run = { dev: d.dev, file: this.#file(d.dev), pos: at, from: done, len: n };
+				runs.push(run);
 			}
 			done += n;
 		}
-		await flushRun();
+		return runs.map(({ file, pos, from, len }) => ({ file, pos, from, len }));
 	}
 
 	/** Flush data files, then let the plugin commit its metadata. */

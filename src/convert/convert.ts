@@ -6,7 +6,8 @@
  * writing: blocks that read as zeros (a new image already reads zeros),
  * or, with a backing file (-B), blocks equal to the backing file's.
  */
-import { type FileHandle, realpath } from 'node:fs/promises';
+import { type FileHandle, realpath, stat } from 'node:fs/promises';
+import { execa } from 'execa';
 import { dirname, resolve } from 'node:path';
 import { DmuError } from '../errors.js';
 import { BlockEngine } from '../plugins/engine.js';
@@ -95,6 +96,19 @@ async function writeOp(op: WriteOp): Promise<void> {
 	}
 }
 
+/**
+ * Blocks of zeros are not written (sparse stays sparse), which is right
+ * for a new file, which reads zeros. A block device holds what it held
+ * before: zero the disk's length first (BLKZEROOUT through blkdiscard,
+ * which the kernel does with WRITE ZEROES where the device has it).
+ */
+async function zeroDevice(path: string, size: bigint): Promise<void> {
+	const r = await execa('blkdiscard', ['--zeroout', '--length', String(size), path], { reject: false });
+	if (r.exitCode !== 0) {
+		throw new DmuError('DMU_ERR_IO', `convert: cannot zero ${path} before writing to it: ${r.stderr.trim() || `blkdiscard exit ${r.exitCode}`}`);
+	}
+}
+
 export async function convert(o: ConvertOptions): Promise<ConvertStats> {
 	const srcReal = await realpath(o.src).catch(() => {
 		throw new DmuError('DMU_ERR_OPEN', `cannot open ${o.src}: no such file`);
@@ -130,6 +144,7 @@ export async function convert(o: ConvertOptions): Promise<ConvertStats> {
 		const baseBufs = bufs.slice(BUFFERS);
 		// A raw destination is its file: nothing to ask per block.
 		const linearDst = dst.image.capabilities.linear === true && dst.files.length > 0;
+		if (linearDst && (await stat(o.dst)).isBlockDevice()) await zeroDevice(o.dst, size);
 		// The files written (a backing file under DST is only read).
 		const outFiles = engine.files.filter((_, k) => engine.image.devices[k]?.writable);
 

@@ -85,6 +85,26 @@ t.test('sparse: zero blocks are not allocated', (t) =>
 	}),
 );
 
+t.test('raw onto a block device that held data: holes and zeros read zero', (t) =>
+	withTmp(async (dir) => {
+		const src = join(dir, 'src.qcow2');
+		await qemuImg('create', '-f', 'qcow2', src, '8M');
+		await qemuIo('qcow2', src, ['write -P 0x46 1M 64k', 'write -z 2M 1M']);
+		const backing = join(dir, 'dev.img');
+		await execa('truncate', ['-s', '8M', backing]);
+		const loop = await execa('losetup', ['-f', '--show', backing], { reject: false });
+		if (loop.exitCode !== 0) return void t.comment(`skipped: no loop device here (${loop.stderr.trim()})`);
+		const dev = loop.stdout.trim();
+		t.teardown(() => execa('losetup', ['-d', dev], { reject: false }));
+		await execa('dd', ['if=/dev/urandom', `of=${dev}`, 'bs=1M', 'count=8', 'oflag=direct', 'status=none']);
+		const r = await dmu('convert', '-f', 'qcow2', '-O', 'raw', src, dev);
+		t.equal(r.exitCode, 0, `converts onto ${dev}: ${r.stderr.trim()}`);
+		const want = await qemuRaw('qcow2', src, dir);
+		const got = (await execa('head', ['-c', String(want.length), dev], { encoding: 'buffer' })).stdout;
+		t.equal(firstDiff(Buffer.from(got), want), -1, 'the device reads as the source, old data gone');
+	}),
+);
+
 t.test('backing chains: flattened by default, kept with -B', (t) =>
 	withTmp(async (dir) => {
 		const base = join(dir, 'base.raw');

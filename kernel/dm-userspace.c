@@ -225,6 +225,25 @@ static struct dmu_pending *__dmu_pending_find(struct dmu_target *t, u64 block)
 	return NULL;
 }
 
+/* First pending block >= @block, or NULL. */
+static struct dmu_pending *__dmu_pending_ceil(struct dmu_target *t, u64 block)
+{
+	struct rb_node *n = t->pending.rb_node;
+	struct dmu_pending *best = NULL;
+
+	while (n) {
+		struct dmu_pending *p = rb_entry(n, struct dmu_pending, node);
+
+		if (block <= p->block) {
+			best = p;
+			n = n->rb_left;
+		} else {
+			n = n->rb_right;
+		}
+	}
+	return best;
+}
+
 static void __dmu_pending_insert(struct dmu_target *t, struct dmu_pending *new)
 {
 	struct rb_node **p = &t->pending.rb_node, *parent = NULL;
@@ -703,22 +722,50 @@ static bool dmu_fits(struct dmu_target *t, u32 dev, u64 sector, sector_t len)
 	return sector <= size && size - sector >= len;
 }
 
-/*
- * Allocate up to @want mappings for the rest of a run onto @spare (linked
- * by ->lru), no more than the table has room for: a run is a hint, it
- * never evicts, and fewer than asked is fine.
- */
-static void dmu_alloc_run(struct dmu_target *t, u32 want,
-			  struct list_head *spare)
+/* First block >= @block that has a mapping or a request in flight. Lock held. */
+static u64 __dmu_next_busy(struct dmu_target *t, u64 block)
 {
-	unsigned int mapped = READ_ONCE(t->nr_mapped);
-	struct dmu_mapping *m;
-	u32 n;
+	struct dmu_mapping *m = __dmu_mapping_ceil(t, block);
+	struct dmu_pending *p = t->nr_pending ? __dmu_pending_ceil(t, block) : NULL;
+	u64 next = m ? m->block : U64_MAX;
+
+	if (p && p->block < next)
+		next = p->block;
+	return next;
+}
+
+/*
+ * How many blocks of a run after @block the table could take now: up to
+ * the first block that has a mapping or a request in flight, and no more
+ * than the room left (a run is a hint: it never evicts). Lock held.
+ */
+static u32 __dmu_run_room(struct dmu_target *t, u64 block, u32 run)
+{
+	u64 free = __dmu_next_busy(t, block + 1) - (block + 1);
+	u32 n = run - 1;
 
 	/* Room for the answer's own block too. */
-	if (mapped + 1 >= t->max_mappings)
-		return;
-	want = min_t(u32, want, t->max_mappings - mapped - 1);
+	if (t->nr_mapped + 1 >= t->max_mappings)
+		return 0;
+	n = min_t(u32, n, t->max_mappings - t->nr_mapped - 1);
+	return min_t(u64, n, free);
+}
+
+/*
+ * Allocate the mappings the rest of @rep's run can use onto @spare
+ * (linked by ->lru). Sized under the lock, allocated outside it; what
+ * changes in between only makes the install stop earlier.
+ */
+static void dmu_alloc_run(struct dmu_target *t, const struct dmu_map_reply *rep,
+			  u32 run, struct list_head *spare)
+{
+	struct dmu_mapping *m;
+	unsigned long flags;
+	u32 n, want;
+
+	spin_lock_irqsave(&t->lock, flags);
+	want = __dmu_run_room(t, rep->block, run);
+	spin_unlock_irqrestore(&t->lock, flags);
 	for (n = 0; n < want; n++) {
 		m = kmem_cache_zalloc(dmu_mapping_cache,
 				      GFP_KERNEL | __GFP_NOWARN);
@@ -730,28 +777,24 @@ static void dmu_alloc_run(struct dmu_target *t, u32 want,
 
 /*
  * Remember blocks first->block + 1 .. + @run - 1 like @first, each one
- * block further on the device, from the @spare mappings. A block that has
- * a mapping or a request in flight keeps it: the daemon's answer to that
- * request, or the one it gave before, is newer than this run. Lock held.
+ * block further on the device, from the @spare mappings. The run stops at
+ * the first block that has a mapping or a request in flight: the daemon's
+ * answer to that request, or the one it gave before, is newer than this
+ * run (and a sequential read asks for many neighbours at once: each of
+ * those answers stops at the next, in O(1), and the last one goes on).
+ * Lock held.
  */
 static void __dmu_install_run(struct dmu_target *t,
 			      const struct dmu_mapping *first, u32 run,
 			      struct list_head *spare)
 {
+	u32 i, n = __dmu_run_room(t, first->block, run);
 	struct dmu_mapping *m;
-	u64 block;
-	u32 i;
 
-	for (i = 1; i < run && !list_empty(spare); i++) {
-		if (t->nr_mapped + 1 >= t->max_mappings)
-			break;
-		block = first->block + i;
-		if (__dmu_mapping_find(t, block) ||
-		    (t->nr_pending && __dmu_pending_find(t, block)))
-			continue;
+	for (i = 1; i <= n && !list_empty(spare); i++) {
 		m = list_first_entry(spare, struct dmu_mapping, lru);
 		list_del(&m->lru);
-		m->block = block;
+		m->block = first->block + i;
 		m->dev = first->dev;
 		m->sector = (first->flags & DMU_MAP_ZERO) ? 0 :
 			    first->sector + (sector_t)i * t->block_sectors;
@@ -826,7 +869,7 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 				DMU_MAP_DURABLE);
 		refcount_set(&m->ref, 1);
 		if (run > 1)
-			dmu_alloc_run(t, run - 1, &spare);
+			dmu_alloc_run(t, rep, run, &spare);
 	}
 
 	spin_lock_irqsave(&t->lock, flags);

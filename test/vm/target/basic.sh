@@ -302,17 +302,23 @@ blk /dev/mapper/rn 4k 1024 >/dev/null
 check "run: the next block asks again" eq "$(st rn misses)" 2
 check "run: each block one block further on the device" cmp <(blk /dev/mapper/rn 4k 1500) /tmp/rn
 check "run: still two requests" eq "$(st rn misses)" 2
+# A 1 MiB read asks for many blocks at once; each answer's run stops at
+# its pending neighbour and the last block's run goes on past the read.
+dd if=/dev/mapper/rn of=/dev/null bs=1M skip=16 count=1 iflag=direct status=none
+M=$(st rn misses)
+dd if=/dev/mapper/rn of=/dev/null bs=4k skip=4352 count=1023 iflag=direct status=none
+check "run: the last answer of a sequential read maps ahead" eq "$(st rn misses)" "$M"
 stop_resp
 dmsetup remove rn
 # A run keeps what is already there: 5003.. were mapped writable by the
-# write's own run; the read's run from 4990 only fills 4990..5002.
+# write's own run; the read's run from 4990 stops before 5003.
 dmsetup create rk --table "0 $SZ userspace rk 8 /dev/vda"
 start_resp rk $L/rk.log -m ro -R 1024
 dd if=/tmp/rn of=/dev/mapper/rk bs=4k seek=5003 oflag=direct status=none
 blk /dev/mapper/rk 4k 4990 >/dev/null
-check "run: mapped blocks skipped" eq "$(st rk mapped)" $((1024 + 13))
+check "run: stops at a mapped block" eq "$(st rk mapped)" $((1024 + 13))
 dd if=/tmp/rn of=/dev/mapper/rk bs=4k seek=5003 oflag=direct status=none
-check "run: a skipped block kept its writable mapping" eq "$(st rk misses)" 2
+check "run: the mapped block kept its writable mapping" eq "$(st rk misses)" 2
 dd if=/tmp/rn of=/dev/mapper/rk bs=4k seek=4995 oflag=direct status=none
 check "run: the read's run is read-only" eq "$(st rk misses)" 3
 stop_resp

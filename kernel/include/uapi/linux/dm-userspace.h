@@ -87,10 +87,10 @@
  *	block + i lives at sector + i * block_sectors on the same device,
  *	with the same flags. Only for remembered answers (not TEMPORARY,
  *	ERROR or COPY_FIRST). The kernel remembers the extra blocks only
- *	while it has room (they never evict a mapping) and skips any that
- *	already has a mapping or a request in flight; so a daemon must not
- *	put in a run a block it has answered differently before, and a
- *	block it is still answering keeps that answer.
+ *	while it has room (they never evict a mapping) and up to the first
+ *	one that already has a mapping or a request in flight; so a daemon
+ *	must not put in a run a block it has answered differently before,
+ *	and a block it is still answering keeps that answer.
  */
 #define DMU_FEATURE_COPY_FIRST	(1ULL << 0)
 #define DMU_FEATURE_TEMPORARY	(1ULL << 1)

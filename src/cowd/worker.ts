@@ -96,11 +96,16 @@ export class Worker {
 		// barrier: it sees exactly the maps before it in the batch. Answers
 		// go back in one batch.
 		let replies: DaemonMessage[] = [];
+		// A run stops in the kernel at the next block that has a request in
+		// flight: a request whose next block is asked in this batch too gets
+		// no run worked out (a sequential read asks for many neighbours).
+		const asked = new Set<bigint>();
+		if (this.#maxRun > 1) for (const m of msgs) if (m.type === MsgType.MAP) asked.add(m.block);
 		const concurrent = this.image.capabilities.concurrentMap === true;
 		for (let i = 0; i < msgs.length; ) {
 			let end = i + 1;
 			if (concurrent) while (end < msgs.length && msgs[i]!.type === MsgType.MAP && msgs[end]!.type === MsgType.MAP) end++;
-			const answers = await Promise.all(msgs.slice(i, end).map((m) => this.#handle(m)));
+			const answers = await Promise.all(msgs.slice(i, end).map((m) => this.#handle(m, asked)));
 			for (const r of answers) if (r) replies.push(r);
 			i = end;
 		}
@@ -155,7 +160,7 @@ export class Worker {
 		return d;
 	}
 
-	async #handle(m: DmuMessage): Promise<DaemonMessage | undefined> {
+	async #handle(m: DmuMessage, asked: ReadonlySet<bigint>): Promise<DaemonMessage | undefined> {
 		switch (m.type) {
 			case MsgType.MAP: {
 				this.stats.maps++;
@@ -164,7 +169,7 @@ export class Worker {
 					write: (m.flags & ReqFlag.WRITE) !== 0,
 					wholeBlock: (m.flags & ReqFlag.WHOLE_BLOCK) !== 0,
 					roFault: (m.flags & ReqFlag.RO_FAULT) !== 0,
-					maxRun: this.#maxRun,
+					maxRun: asked.has(m.block + 1n) ? 1 : this.#maxRun,
 				};
 				let d: MapDecision;
 				try {

@@ -149,4 +149,6 @@ t.test('runs: offered when the kernel has MAP_RUN, cut where the same batch allo
 	// batch must still not say "zeros" for block 3 while handing it out.
 	t.same(await runs(8, [read(1, 10), write(2, 13, true)]), [3, 0], 'the run stops before the block allocated beside it');
 	t.same(await runs(8, [read(1, 10)]), [3], 'and later runs stop there too (the block is allocated)');
+	// A sequential read: the kernel stops each run at the next asked block, so only the last one is worked out.
+	t.same(await runs(8, [read(1, 20), read(2, 21), read(3, 22)]), [0, 0, 8], 'neighbours asked together: only the last gets a run');
 });

@@ -125,3 +125,21 @@ t.test('hostile headers are refused with one line and never written', async (t) 
 	await img.close();
 	t.equal((await stat(short)).size, 65536 + (1 << 20), 'extended to the last block');
 });
+
+t.test('Bitmap.clearUpTo counts clear blocks a word at a time', async (t) => {
+	const { Bitmap } = await import('../../src/plugins/dscow/bitmap.js');
+	const b = new Bitmap(1000n);
+	t.equal(b.clearUpTo(0, 1000), 1000, 'all clear to the end');
+	t.equal(b.clearUpTo(5, 40), 35, 'stops at end');
+	b.set(100n);
+	t.equal(b.clearUpTo(3, 1000), 97, 'stops at the set bit (crossing whole words)');
+	t.equal(b.clearUpTo(100, 1000), 0, 'a set first block');
+	t.equal(b.clearUpTo(101, 1000), 899, 'after it');
+	b.set(999n);
+	t.equal(b.clearUpTo(960, 1000), 39, 'last partial word');
+	for (let from = 0; from < 200; from += 7) {
+		let n = 0;
+		while (from + n < 300 && !b.has(from + n)) n++;
+		t.equal(b.clearUpTo(from, 300), n, `matches a bit-by-bit count from ${from}`);
+	}
+});

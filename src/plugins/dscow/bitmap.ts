@@ -26,6 +26,25 @@ export class Bitmap {
 		return ((this.words[block >>> 5]! >>> (block & 31)) & 1) === 1;
 	}
 
+	/**
+	 * How many blocks from `from` on are clear, stopping at `end`: whole
+	 * zero words at a time (a run of unwritten blocks is asked for often,
+	 * and under emulation a loop per block cost tens of ms per batch).
+	 */
+	clearUpTo(from: number, end: number): number {
+		let b = from;
+		while (b < end) {
+			const w = this.words[b >>> 5]!;
+			if (w === 0 && (b & 31) === 0 && b + 32 <= end) {
+				b += 32;
+				continue;
+			}
+			if ((w >>> (b & 31)) & 1) break;
+			b++;
+		}
+		return b - from;
+	}
+
 	set(block: bigint): void {
 		const b = Number(block);
 		const w = b >>> 5;

@@ -217,10 +217,12 @@ export class DscowImage implements Image {
 		if (!req.write) {
 			// Unwritten neighbours read the base (up to its last whole block) or zeros after it.
 			const bs = BigInt(this.blockSize);
-			const baseBlocks = this.basePath ? this.header.base.size / bs : 0n;
-			const unwritten = (b: number) => !this.bitmap.has(b);
-			if (!src) return { kind: 'zero', run: this.#run(block, req.maxRun, count, unwritten) };
-			const run = src.dev === 1 ? this.#run(block, req.maxRun, baseBlocks, unwritten) : 1;
+			const unwritten = (end: bigint) => {
+				const first = Number(block);
+				return 1 + this.bitmap.clearUpTo(first + 1, Math.min(first + (req.maxRun ?? 1), Number(end)));
+			};
+			if (!src) return { kind: 'zero', run: unwritten(count) };
+			const run = src.dev === 1 ? unwritten(this.header.base.size / bs) : 1;
 			return { kind: 'map', dev: src.dev, sector: src.sector, writable: false, durable: true, run };
 		}
 		if (this.readOnly) return { kind: 'error', errno: EROFS };

@@ -10,6 +10,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
 import { Cowd } from '../cowd/daemon.js';
 import { MODULE_HINT } from '../cowd/devices.js';
+import { DEFAULT_MAX_RUN } from '../cowd/worker.js';
 import { runMain } from './run.js';
 
 const int = (what: string) => (v: string) => {
@@ -35,8 +36,9 @@ const program = new Command('cowd')
 	.option('--max-mappings <n>', 'bound on mappings the kernel remembers (kernel default 65536)', int('--max-mappings'))
 	.option(
 		'--max-run <blocks>',
-		'most blocks one answer may cover when neighbours share it (unwritten base blocks, zeros): one round trip maps them all; 1 = ask for every block (default: the kernel limit, 4096)',
+		'most blocks one answer may cover when neighbours share it (unwritten base blocks, zeros): one round trip maps them all; 1 = ask for every block; at most 4096 (the kernel limit)',
 		int('--max-run'),
+		DEFAULT_MAX_RUN,
 	)
 	.option('--scratch-dir <dir>', 'where the scratch file for partial/compressed blocks lives', tmpdir())
 	.option('--log-level <level>', 'fatal, error, warn, info, debug, trace', process.env.DMU_LOG_LEVEL ?? 'info')

@@ -31,6 +31,15 @@ export interface WorkerStats {
 
 export type WorkerEnd = 'stopped' | 'target-gone';
 
+/**
+ * Blocks one answer covers unless cowd --max-run says otherwise: 16 MiB at
+ * 64 KiB blocks. Each block of a run costs the kernel a mapping (80 bytes
+ * and a tree insert) whether it is read or not, and a run never evicts, so
+ * the kernel's limit (4096) would fill the default table of 65536 in 16
+ * answers and spend most of its time mapping what a short read never uses.
+ */
+export const DEFAULT_MAX_RUN = 256;
+
 /** A reply not (yet) accepted by the kernel: no flush covers its allocation. */
 const NEVER = 1n << 64n;
 
@@ -66,7 +75,7 @@ export class Worker {
 		this.#seq = this.#firstSeq;
 		const f = ctl.features;
 		const kernelMax = f.features !== undefined && (f.features & Feature.MAP_RUN) !== 0n ? Math.max(1, f.maxRun) : 1;
-		this.#maxRun = Math.max(1, Math.min(kernelMax, maxRunCap ?? kernelMax));
+		this.#maxRun = Math.max(1, Math.min(kernelMax, maxRunCap ?? DEFAULT_MAX_RUN));
 	}
 
 	async run(): Promise<WorkerEnd> {

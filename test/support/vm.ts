@@ -45,6 +45,14 @@ export interface VmOptions {
 	name?: string;
 	/** Keep the images created for `{ sizeMiB }` disks (they are deleted by default). */
 	keepDisks?: boolean;
+	/**
+	 * Power cut: once the guest creates `file` in $DMU_OUT, wait `afterMs` and
+	 * SIGKILL QEMU (its whole process group), as a power cut would stop it.
+	 * Writes QEMU completed stay in the host's page cache (the disk file);
+	 * the guest's page cache and requests in flight are lost. The result then
+	 * has `killed: true` and exitCode -1.
+	 */
+	killWhen?: { file: string; afterMs: number };
 }
 
 export interface VmResult {
@@ -59,6 +67,8 @@ export interface VmResult {
 	/** Wall time of the VM, from taking the VM lock to QEMU's exit. */
 	durationMs: number;
 	timedOut: boolean;
+	/** QEMU was SIGKILLed on purpose (`killWhen`); set by runInVm, absent in hand-made results. */
+	killed?: boolean;
 	/** Finer timings, for the curious and for the README. */
 	timing: {
 		/** Time spent waiting for another VM to finish. */
@@ -223,6 +233,13 @@ function validate(opts: VmOptions): void {
 	if (opts.disks && opts.disks.length > 20) throw new Error('vm: at most 20 disks');
 	const t = opts.timeoutSec ?? DEFAULT_TIMEOUT_SEC;
 	if (!Number.isFinite(t) || t <= 0) throw new Error(`vm: bad timeoutSec ${t}`);
+	if (opts.killWhen) {
+		const { file, afterMs } = opts.killWhen;
+		if (!/^[A-Za-z0-9._-]{1,64}$/.test(file) || file.startsWith('.')) {
+			throw new Error(`vm: killWhen.file must be a plain file name, got ${JSON.stringify(file)}`);
+		}
+		if (!Number.isFinite(afterMs) || afterMs < 0) throw new Error(`vm: bad killWhen.afterMs ${afterMs}`);
+	}
 }
 
 // Process groups of running VMs, killed if this process is interrupted, so a
@@ -482,10 +499,12 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 	);
 	if (verbose) child.stdout?.pipe(process.stderr, { end: false });
 	if (child.pid !== undefined) liveGroups.add(child.pid);
+	const cut = opts.killWhen && child.pid !== undefined ? armKill(child.pid, path.join(outDir, opts.killWhen.file), opts.killWhen.afterMs) : undefined;
 	let res: Awaited<typeof child>;
 	try {
 		res = await child;
 	} finally {
+		cut?.stop();
 		releaseTurn();
 		if (child.pid !== undefined) liveGroups.delete(child.pid);
 	}
@@ -507,10 +526,40 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 		kernelProblems: findKernelProblems(consoleText, dmesgText),
 		durationMs: t1 - lockedAt,
 		timedOut,
+		killed: cut?.killed() ?? false,
 		timing: {
 			lockWaitMs: Math.max(0, lockedAt - t0),
 			bootMs: boot?.[1] ? Math.round(Number(boot[1]) * 1000) : -1,
 		},
+	};
+}
+
+/**
+ * killWhen: poll for the marker file (the out share is 9p with cache=none, so
+ * the guest's create reaches the host at once), then SIGKILL the VM's
+ * process group `afterMs` later.
+ */
+function armKill(pgid: number, marker: string, afterMs: number): { stop(): void; killed(): boolean } {
+	let killed = false;
+	let timer: NodeJS.Timeout | undefined;
+	const poll = setInterval(() => {
+		if (!fs.existsSync(marker)) return;
+		clearInterval(poll);
+		timer = setTimeout(() => {
+			try {
+				process.kill(-pgid, 'SIGKILL');
+				killed = true;
+			} catch {
+				// the VM ended first
+			}
+		}, afterMs);
+	}, 10);
+	return {
+		stop() {
+			clearInterval(poll);
+			if (timer) clearTimeout(timer);
+		},
+		killed: () => killed,
 	};
 }
 

@@ -155,7 +155,7 @@ export class Worker {
 
 	/**
 	 * A run the kernel would refuse is a plugin bug: answer for the one
-	 * block instead, and say so once per batch of logs.
+	 * block instead, and log it (a refused answer would fail the I/O).
 	 */
 	#checkRun(block: bigint, d: MapDecision): MapDecision {
 		if (d.kind === 'error' || d.run === undefined || d.run <= 1) return d;

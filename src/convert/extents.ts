@@ -47,18 +47,26 @@ export async function dataExtents(path: string): Promise<Extents | undefined> {
 	return out;
 }
 
+/**
+ * Index of the first of the sorted, disjoint `[start, end)` ranges that
+ * ends after `from` (ranges.length if none): a binary search, since a
+ * chunk of 512-byte blocks can hold thousands of ranges.
+ */
+export function firstEndingAfter<T extends number | bigint>(ranges: ReadonlyArray<readonly [T, T]>, from: T): number {
+	let lo = 0;
+	let hi = ranges.length;
+	while (lo < hi) {
+		const mid = (lo + hi) >> 1;
+		if (ranges[mid]![1] <= from) lo = mid + 1;
+		else hi = mid;
+	}
+	return lo;
+}
+
 /** The parts of [from, to) that `extents` covers, in order. */
 export function overlaps(extents: Extents, from: bigint, to: bigint): Array<[bigint, bigint]> {
 	const out: Array<[bigint, bigint]> = [];
-	// Binary search for the first extent ending after `from`.
-	let lo = 0;
-	let hi = extents.length;
-	while (lo < hi) {
-		const mid = (lo + hi) >> 1;
-		if (extents[mid]![1] <= from) lo = mid + 1;
-		else hi = mid;
-	}
-	for (let i = lo; i < extents.length && extents[i]![0] < to; i++) {
+	for (let i = firstEndingAfter(extents, from); i < extents.length && extents[i]![0] < to; i++) {
 		const [s, e] = extents[i]!;
 		out.push([s > from ? s : from, e < to ? e : to]);
 	}

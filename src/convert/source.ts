@@ -12,7 +12,7 @@ import { DmuError } from '../errors.js';
 import { ImageFile } from '../plugins/raw/io.js';
 import { pluginFor } from '../plugins/registry.js';
 import type { Image, OpenOptions, ScratchArea } from '../plugins/types.js';
-import { dataExtents, type Extents, overlaps } from './extents.js';
+import { dataExtents, type Extents, firstEndingAfter, overlaps } from './extents.js';
 
 class MemoryScratch implements ScratchArea {
 	#next = 0n;
@@ -86,17 +86,8 @@ const addRange = (r: Ranges, s: number, e: number) => {
 
 /** Zero the bytes of [from, to) that `ranges` does not cover. */
 export function fillGaps(data: Buffer, ranges: Ranges, from: number, to: number): void {
-	// Binary search for the first range ending after `from`: a chunk of
-	// 512-byte blocks can hold thousands of ranges, looked at block by block.
-	let lo = 0;
-	let hi = ranges.length;
-	while (lo < hi) {
-		const mid = (lo + hi) >> 1;
-		if (ranges[mid]![1] <= from) lo = mid + 1;
-		else hi = mid;
-	}
 	let cur = from;
-	for (let i = lo; i < ranges.length && cur < to; i++) {
+	for (let i = firstEndingAfter(ranges, from); i < ranges.length && cur < to; i++) {
 		const [s, e] = ranges[i]!;
 		if (s >= to) break;
 		if (s > cur) data.fill(0, cur, s);

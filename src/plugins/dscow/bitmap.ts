@@ -17,8 +17,7 @@ export class Bitmap {
 	}
 
 	get(block: bigint): boolean {
-		const b = Number(block);
-		return ((this.words[b >>> 5]! >>> (b & 31)) & 1) === 1;
+		return this.has(Number(block));
 	}
 
 	/** get() for a block number that fits a double (every real bitmap): no BigInt on the hot path. */

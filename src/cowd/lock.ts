@@ -1,8 +1,9 @@
 /**
  * One read-write daemon per image. The lock is a file named after the
- * image's device and inode (so two paths to one file collide) holding the
- * owner's pid; a lock whose pid is gone, or is not a cowd, is stale and
- * taken over (a cowd killed with -9 leaves one behind).
+ * image's device and inode, or a device node's device number (so two
+ * paths to one file or disk collide), holding the owner's pid; a lock
+ * whose pid is gone, or is not a cowd, is stale and taken over (a cowd
+ * killed with -9 leaves one behind).
  */
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -47,7 +48,9 @@ export async function lockImage(image: string, disk: string): Promise<ImageLock>
 	} catch (e) {
 		throw new DmuError('DMU_ERR_OPEN', `cannot open ${image}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
 	}
-	const path = join(await lockDir(), `image-${st.dev}-${st.ino}.lock`);
+	// Device nodes: /dev/mapper/x and /dev/dm-N are two inodes for one disk.
+	const id = st.isBlockDevice() ? `blk-${st.rdev}` : `${st.dev}-${st.ino}`;
+	const path = join(await lockDir(), `image-${id}.lock`);
 	for (let attempt = 0; attempt < 3; attempt++) {
 		try {
 			const fh = await open(path, 'wx', 0o600);

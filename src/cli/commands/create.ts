@@ -44,7 +44,7 @@ export function register(program: Command): void {
 		.option('-F, --base-format <format>', 'format of the base/backing file')
 		.option('--block-size <bytes>', 'block/cluster size, e.g. 64k (dscow: 4k..2M, default 64k)')
 		.option('-o, --option <key=value>', 'format-specific option (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-		.argument('<image>', 'image file to create (refused if it exists)')
+		.argument('<image>', 'image file to create (refused if it exists; dscow: or a block device big enough for it)')
 		.argument('[size]', 'virtual size, e.g. 10G')
 		.addHelpText('after', '\nExample:\n  dmu create -f dscow -b /var/lib/dmu/base.img /var/lib/dmu/vm1.dscow\n')
 		.action(async (image: string, size: string | undefined, o: { format: string; base?: string; baseFormat?: string; blockSize?: string; option: string[] }) => {

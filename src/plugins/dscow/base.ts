@@ -8,8 +8,9 @@
  * last 64 KiB. Reading 128 KiB costs nothing next to attaching a disk.
  */
 import { createHash } from 'node:crypto';
-import { type FileHandle, open, readFile, stat } from 'node:fs/promises';
+import { type FileHandle, open, stat } from 'node:fs/promises';
 import { DmuError } from '../../errors.js';
+import { blockDeviceSize } from '../raw/io.js';
 import type { BaseIdentity } from './layout.js';
 
 const EDGE = 64 * 1024;
@@ -17,18 +18,6 @@ const EDGE = 64 * 1024;
 export interface BaseInfo {
 	identity: BaseIdentity;
 	blockDevice: boolean;
-}
-
-/** Size in bytes of a block device (stat says 0): /sys/dev/block/MAJ:MIN/size is in sectors. */
-async function blockDeviceSize(rdev: bigint, path: string): Promise<bigint> {
-	const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
-	const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
-	try {
-		const sectors = (await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim();
-		return BigInt(sectors) * 512n;
-	} catch {
-		throw new DmuError('DMU_ERR_BASE', `base ${path}: cannot read the size of block device ${major}:${minor}`);
-	}
 }
 
 async function readAt(fh: FileHandle, len: number, pos: bigint): Promise<Buffer> {
@@ -52,7 +41,11 @@ export async function identify(path: string): Promise<BaseInfo> {
 	}
 	const blockDevice = st.isBlockDevice();
 	if (!blockDevice && !st.isFile()) throw new DmuError('DMU_ERR_BASE', `base ${path}: not a regular file or block device`);
-	const size = blockDevice ? await blockDeviceSize(st.rdev, path) : st.size;
+	const size = blockDevice
+		? await blockDeviceSize(st.rdev, path).catch((e: Error) => {
+				throw new DmuError('DMU_ERR_BASE', `base ${e.message}`);
+			})
+		: st.size;
 	if (size === 0n) throw new DmuError('DMU_ERR_BASE', `base ${path}: is empty`);
 	let fh: FileHandle;
 	try {

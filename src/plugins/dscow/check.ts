@@ -7,6 +7,8 @@
  * between a write and its commit leaves behind). Finding leaks reads only
  * unallocated blocks, and only when the file occupies more space than its
  * metadata and allocated blocks can explain, so a clean check is cheap.
+ * An image on a block device has no holes: leaks cannot be told from the
+ * device's old contents there, and are not looked for.
  */
 import { open, stat } from 'node:fs/promises';
 import { execa } from 'execa';
@@ -88,6 +90,9 @@ async function findLeaks(
 	repair: 'leaks' | 'all' | undefined,
 ): Promise<void> {
 	const st = await fh.stat({ bigint: true });
+	// A device has no holes to tell orphaned data by: every block holds
+	// something. Its unallocated blocks are never read, so nothing to find.
+	if (st.isBlockDevice()) return;
 	const used = st.blocks * 512n;
 	// One extra file-system block of slack for the partially used bitmap page.
 	if (used <= firstBlock + bitmap.count() * bs + 4096n) return;
@@ -111,14 +116,15 @@ export async function info(path: string, _opts: OpenOptions = {}): Promise<Image
 		throw new DmuError('DMU_ERR_OPEN', `cannot open ${path}: ${e.code ?? e.message}`);
 	});
 	try {
-		const { header, bitmap } = await load(fh, path);
+		const { header, bitmap, fileSize, blockDevice } = await load(fh, path);
 		const st = await stat(path, { bigint: true });
 		const clean = (header.flags & FLAG_CLEAN) !== 0;
 		const i: ImageInfo = {
 			format: 'dscow',
 			virtualSize: header.virtualSize,
 			blockSize: header.blockSize,
-			actualSize: st.blocks * 512n,
+			// A device's space is all taken, written or not.
+			actualSize: blockDevice ? fileSize : st.blocks * 512n,
 			allocatedBlocks: bitmap.count(),
 			dirty: !clean,
 			details: {

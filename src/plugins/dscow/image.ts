@@ -22,6 +22,7 @@ import { type FileHandle, open } from 'node:fs/promises';
 import { dirname, resolve, sep } from 'node:path';
 import { DmuError } from '../../errors.js';
 import type { Capabilities, Image, ImageDevice, MapDecision, MapRequest, OpenOptions, ScratchArea } from '../types.js';
+import { blockDeviceSize, zeroOut } from '../raw/io.js';
 import { verify } from './base.js';
 import { Bitmap } from './bitmap.js';
 import { type Header, decodeHeader, dataEnd, encodeHeader, FLAG_CLEAN, HEADER_SIZE } from './layout.js';
@@ -34,19 +35,30 @@ const under = (path: string, dir: string) => path === dir || path.startsWith(dir
 export interface Loaded {
 	header: Header;
 	bitmap: Bitmap;
+	/** Bytes of the image: the file's size, or the whole block device. */
 	fileSize: bigint;
+	/** The image is a block device (an LVM volume, a partition): no holes, no growing. */
+	blockDevice: boolean;
 }
 
 /** Read and validate header and bitmap (no writes). */
 export async function load(fh: FileHandle, path: string): Promise<Loaded> {
 	const st = await fh.stat({ bigint: true });
+	const blockDevice = st.isBlockDevice();
+	const fileSize = blockDevice ? await blockDeviceSize(st.rdev, path) : st.size;
 	const buf = Buffer.alloc(HEADER_SIZE);
 	await fh.read(buf, 0, HEADER_SIZE, 0);
-	const header = decodeHeader(buf, st.size, path);
+	const header = decodeHeader(buf, fileSize, path);
 	const raw = Buffer.alloc(Number(header.bitmapWords) * 4);
 	const { bytesRead } = await fh.read(raw, 0, raw.length, Number(header.bitmapOffset));
 	if (bytesRead !== raw.length) throw new DmuError('DMU_ERR_BAD_IMAGE', `${path}: bitmap is truncated`);
-	return { header, bitmap: new Bitmap(header.blockCount, raw), fileSize: st.size };
+	if (blockDevice && fileSize < dataEnd(header)) {
+		throw new DmuError(
+			'DMU_ERR_BAD_IMAGE',
+			`${path}: the device holds ${fileSize} bytes, the image's blocks need ${dataEnd(header)}: was the volume shrunk?`,
+		);
+	}
+	return { header, bitmap: new Bitmap(header.blockCount, raw), fileSize, blockDevice };
 }
 
 /** Which base file to use: the command line's, else the header's if it lies in an allowed place. */
@@ -93,6 +105,8 @@ export class DscowImage implements Image {
 		readonly readOnly: boolean,
 		/** Opened after a crash: holes may hold orphaned data. */
 		readonly wasDirty: boolean,
+		/** On a block device: an unallocated block holds whatever the device held. */
+		readonly onDevice: boolean,
 		private readonly fh: FileHandle,
 		private readonly scratch: ScratchArea | undefined,
 		onDisk: Uint32Array,
@@ -119,7 +133,7 @@ export class DscowImage implements Image {
 			throw new DmuError('DMU_ERR_OPEN', `cannot open ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
 		}
 		try {
-			const { header, bitmap, fileSize } = await load(fh, path);
+			const { header, bitmap, fileSize, blockDevice } = await load(fh, path);
 			const onDisk = bitmap.words.slice();
 			const stray = bitmap.strayBits();
 			if (stray) throw new DmuError('DMU_ERR_BAD_IMAGE', `${path}: corrupt bitmap: bits set past the last block (run dmu check -r all)`);
@@ -149,7 +163,7 @@ export class DscowImage implements Image {
 				await fh.datasync();
 			}
 			opts.log?.debug({ image: path, base: basePath, wasDirty, resumed: pending.length }, 'dscow image opened');
-			const img = new DscowImage(abs, header, bitmap, basePath, readOnly, wasDirty, fh, opts.scratch, onDisk);
+			const img = new DscowImage(abs, header, bitmap, basePath, readOnly, wasDirty, blockDevice, fh, opts.scratch, onDisk);
 			for (const b of pending) img.#pending.add(b);
 			return img;
 		} catch (e) {
@@ -226,18 +240,26 @@ export class DscowImage implements Image {
 			return { kind: 'map', dev: src.dev, sector: src.sector, writable: false, durable: true, run };
 		}
 		if (this.readOnly) return { kind: 'error', errno: EROFS };
-		if (!src && !req.wholeBlock && this.wasDirty) {
-			// A hole after a crash may hold orphaned data: make it zeros.
-			await this.fh.write(Buffer.alloc(this.blockSize), 0, this.blockSize, Number(this.#imageSector(block) * 512n));
-			// On disk before the kernel's (possibly direct) I/O to the block starts.
-			await this.fh.datasync();
-		}
+		if (!src && !req.wholeBlock && (this.wasDirty || this.onDevice)) await this.#zeroBlock(block);
 		this.bitmap.set(block);
 		this.#pending.add(block);
 		await this.#recordLive(block);
 		const d: MapDecision = { kind: 'map', dev: 0, sector: this.#imageSector(block), writable: true, durable: false };
 		if (src && !req.wholeBlock) d.copyFrom = src;
 		return d;
+	}
+
+	/**
+	 * A block about to be partly written with nothing to copy under it must
+	 * read zeros around the write. A file's hole does, except after a crash
+	 * (it may hold orphaned data); a device's block never is a hole.
+	 */
+	async #zeroBlock(block: bigint): Promise<void> {
+		const offset = this.#imageSector(block) * 512n;
+		if (this.onDevice) return zeroOut(this.path, offset, BigInt(this.blockSize), { inUse: true });
+		await this.fh.write(Buffer.alloc(this.blockSize), 0, this.blockSize, Number(offset));
+		// On disk before the kernel's (possibly direct) I/O to the block starts.
+		await this.fh.datasync();
 	}
 
 	async copyFailed(block: bigint): Promise<void> {

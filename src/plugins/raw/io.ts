@@ -4,6 +4,7 @@
  * Shared by raw, vhd, vmdk and qcow (and any plugin that wants it).
  */
 import { type FileHandle, open, readFile, stat } from 'node:fs/promises';
+import { execa } from 'execa';
 import { DmuError } from '../../errors.js';
 
 /** Bytes of a regular file or a block device (sysfs knows a device's size). */
@@ -12,10 +13,35 @@ export async function deviceSize(path: string): Promise<bigint> {
 		throw new DmuError('DMU_ERR_OPEN', `cannot open ${path}: ${e.code ?? e.message}`);
 	});
 	if (!st.isBlockDevice()) return st.size;
-	const major = st.rdev >> 8n;
-	const minor = (st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn);
-	const sectors = await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8').catch(() => '0');
-	return BigInt(sectors.trim() || '0') * 512n;
+	return blockDeviceSize(st.rdev, path);
+}
+
+/** Bytes of the block device `rdev` (stat says 0): /sys/dev/block/MAJ:MIN/size counts sectors. */
+export async function blockDeviceSize(rdev: bigint, path: string): Promise<bigint> {
+	// glibc's gnu_dev_major/minor: the split of a 64-bit dev_t.
+	const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
+	const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+	try {
+		return BigInt((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim()) * 512n;
+	} catch {
+		throw new DmuError('DMU_ERR_OPEN', `${path}: cannot read the size of block device ${major}:${minor}`);
+	}
+}
+
+/**
+ * Zero `length` bytes of block device `path` at `offset` with BLKZEROOUT
+ * (through blkdiscard; the kernel uses WRITE ZEROES where the device has
+ * it). Unlike a write through a file handle, it also drops the range from
+ * the device's page cache, which the kernel's own bios to the device would
+ * otherwise leave stale for later buffered readers.
+ */
+export async function zeroOut(path: string, offset: bigint, length: bigint, o: { inUse?: boolean } = {}): Promise<void> {
+	// blkdiscard opens the device O_EXCL unless forced; a dm table serving the image holds it so.
+	const force = o.inUse ? ['--force'] : [];
+	const r = await execa('blkdiscard', [...force, '--zeroout', '--offset', String(offset), '--length', String(length), path], { reject: false });
+	if (r.exitCode !== 0) {
+		throw new DmuError('DMU_ERR_IO', `cannot zero ${length} bytes at ${offset} of ${path}: ${r.stderr.trim() || `blkdiscard exit ${r.exitCode}`}`);
+	}
 }
 
 export class ImageFile {

@@ -8,8 +8,10 @@
 #   BLOCK_SECTORS           CoW block size for every system (dscow, dm-snapshot chunk, thin block, qcow2 cluster, nbdkit cow block)
 #   RUNTIME REPEAT          fio seconds per run (cap for cold runs), repetitions
 #   JOBS                    "name:rw:bs:iodepth ..."
-#   SYSTEMS                 "linear snapshot thin dscow qcow2 qemu-nbd nbdkit" (subset, in order)
+#   SYSTEMS                 "linear snapshot thin dscow dscow-file qcow2 qemu-nbd nbdkit" (subset, in order)
 # /dev/vda layout: [0, BASE) base image | [BASE, BASE+COW) raw CoW area | rest: ext4 for image files.
+# The raw CoW area holds what in-kernel CoW keeps on a volume: dm-snapshot's
+# exceptions, dm-thin's pool, and dscow's image (dscow-file: a file on the ext4).
 # A system that cannot be set up writes setup-failed-<sys>.txt and the run goes on.
 set -uo pipefail
 
@@ -60,6 +62,8 @@ wait_nbd() { # wait_nbd nbdN: connected and sized
 
 CPID=""
 SRVPID=""
+# dscow_image SYS: where that dscow system keeps its image.
+dscow_image() { if [ "$1" = dscow ]; then echo /dev/mapper/cowarea; else echo /mnt/s/d.dscow; fi; }
 # setup SYS: echo the device path on success.
 setup() {
 	case "$1" in
@@ -82,12 +86,14 @@ setup() {
 		dmsetup create b-thin --table "0 $BASE_S thin /dev/mapper/thinpool 0 /dev/mapper/base" || return 1
 		echo /dev/mapper/b-thin
 		;;
-	dscow)
-		node dist/bin/dscow_tool.mjs -c /mnt/s/d.dscow /dev/mapper/base -b "$BS_BYTES" >"$DMU_OUT/dscow-create.txt" 2>&1 || return 1
-		$COWD -p dscow b-dscow /mnt/s/d.dscow /dev/mapper/base >"$DMU_OUT/cowd-dscow.log" 2>&1 &
+	dscow | dscow-file)
+		# An old header on the area would make create refuse (it never overwrites an image).
+		[ "$1" = dscow ] && dd if=/dev/zero of=/dev/mapper/cowarea bs=4k count=1 oflag=direct status=none
+		node dist/bin/dscow_tool.mjs -c "$(dscow_image "$1")" /dev/mapper/base -b "$BS_BYTES" >"$DMU_OUT/$1-create.txt" 2>&1 || return 1
+		$COWD -p dscow "b-$1" "$(dscow_image "$1")" /dev/mapper/base >"$DMU_OUT/cowd-$1.log" 2>&1 &
 		CPID=$!
-		wait_dmu b-dscow || { tail -2 "$DMU_OUT/cowd-dscow.log" >&2; return 1; }
-		echo /dev/mapper/b-dscow
+		wait_dmu "b-$1" || { tail -2 "$DMU_OUT/cowd-$1.log" >&2; return 1; }
+		echo "/dev/mapper/b-$1"
 		;;
 	qcow2)
 		qemu-img create -q -f qcow2 -o cluster_size="$BS_BYTES" -b /dev/mapper/base -F raw /mnt/s/q.qcow2 >&2 || return 1
@@ -120,7 +126,7 @@ setup() {
 maps_one_by_one() {
 	kill -TERM "$CPID"
 	wait "$CPID" 2>/dev/null
-	$COWD -p dscow --max-run 1 b-dscow /mnt/s/d.dscow /dev/mapper/base >>"$DMU_OUT/cowd-dscow.log" 2>&1 &
+	$COWD -p dscow --max-run 1 b-dscow "$(dscow_image dscow)" /dev/mapper/base >>"$DMU_OUT/cowd-dscow.log" 2>&1 &
 	CPID=$!
 	wait_dmu b-dscow || log "cowd --max-run 1 did not take b-dscow over"
 	# Untimed: a fresh node runs its first few hundred answers unoptimised
@@ -137,7 +143,7 @@ teardown() {
 	linear) dmsetup remove b-linear ;;
 	snapshot) dmsetup remove b-snapshot ;;
 	thin) dmsetup remove b-thin; dmsetup remove thinpool; dmsetup remove thindata; dmsetup remove thinmeta ;;
-	dscow | qcow2)
+	dscow | dscow-file | qcow2)
 		[ -n "$CPID" ] && { kill -TERM "$CPID"; wait "$CPID"; }
 		dmsetup remove "b-$1" 2>/dev/null
 		rm -f /mnt/s/d.dscow /mnt/s/q.qcow2
@@ -155,7 +161,7 @@ teardown() {
 # may cover a run of up to 4096 blocks (cowd --max-run), so an earlier cold
 # read would otherwise have mapped the regions after it.
 forget() {
-	case "$1" in dscow | qcow2)
+	case "$1" in dscow | dscow-file | qcow2)
 		dmsetup message "b-$1" 0 invalidate 0 $((BASE_S / BLOCK_SECTORS)) ||
 			log "invalidate failed on b-$1"
 		;;

@@ -37,7 +37,11 @@ const program = new Command('bench')
 	.option('--block-kib <n>', 'CoW block size of every system, KiB', positive('--block-kib'), 64)
 	.option('--runtime <s>', 'fio seconds per run (cap of cold runs)', positive('--runtime'), 3)
 	.option('--repeat <n>', 'repetitions per measurement (medians reported)', positive('--repeat'), 3)
-	.option('--systems <ids>', `comma-separated subset of: ${SYSTEMS.map((s) => s.id).join(',')}`)
+	.option(
+		'--systems <ids>',
+		`comma-separated subset of: ${SYSTEMS.map((s) => s.id).join(',')} ` +
+			`(default: all but ${SYSTEMS.filter((s) => s.onlyIfAsked).map((s) => s.id).join(',')})`,
+	)
 	.option('--jobs <names>', `comma-separated subset of: ${SUITE_JOBS.map((j) => j.name).join(',')}`)
 	.option('--out <dir>', 'results folder (default bench/results/<time>/)')
 	.option('--from <runDir>', 'no VM: report again from the guest files of an earlier run (its raw/ folder or .cache/vm-runs/...)')
@@ -62,8 +66,8 @@ interface Opts {
 	from?: string;
 }
 
-function pick<T extends { id?: string; name?: string }>(all: readonly T[], names: string | undefined, what: string): T[] {
-	if (!names) return [...all];
+function pick<T extends { id?: string; name?: string; onlyIfAsked?: boolean }>(all: readonly T[], names: string | undefined, what: string): T[] {
+	if (!names) return all.filter((a) => !a.onlyIfAsked);
 	return names.split(',').map((n) => {
 		const x = all.find((a) => (a.id ?? a.name) === n.trim());
 		if (!x) throw new DmuError('DMU_ERR_BENCH_ARGS', `unknown ${what} "${n}" (one of ${all.map((a) => a.id ?? a.name).join(', ')})`);

@@ -51,6 +51,13 @@ export const Feature = {
 	 * FEATURES.maxRun): block + i at sector + i * blockSectors, same flags.
 	 */
 	MAP_RUN: 1n << 8n,
+	/**
+	 * A MAP_REPLY may carry MapFlag.COW: reads use (srcDev, srcSector)
+	 * until the first write, which the kernel turns into an allocation at
+	 * (dev, sector) itself and reports with MsgType.ALLOCATED (numbered
+	 * apart from replies; COMMIT.coveredAlloc covers a prefix of them).
+	 */
+	COW: 1n << 9n,
 } as const;
 export type FeatureName = keyof typeof Feature;
 
@@ -69,6 +76,8 @@ export const MsgType = {
 	INVALIDATE_DONE: 0x04,
 	/** payload: struct dmu_copy_error: a copy-first for reply <id> failed. */
 	COPY_ERROR: 0x05,
+	/** payload: struct dmu_allocated: a COW mapping's first write allocated the block. Answer ALLOCATED_ACK. */
+	ALLOCATED: 0x06,
 	/** payload: none. Asks for a FEATURES message with the same id. */
 	GET_FEATURES: 0x81,
 	/** payload: struct dmu_map_reply, id of the MAP request. */
@@ -77,6 +86,8 @@ export const MsgType = {
 	COMMIT_DONE: 0x83,
 	/** payload: struct dmu_invalidate: forget mappings of [block, block+count). */
 	INVALIDATE: 0x84,
+	/** payload: none, id of the ALLOCATED: the allocation is recorded. */
+	ALLOCATED_ACK: 0x85,
 } as const;
 export type MsgTypeName = keyof typeof MsgType;
 export type MsgTypeValue = (typeof MsgType)[MsgTypeName];
@@ -115,9 +126,11 @@ export const MapFlag = {
 	ERROR: 1 << 4,
 	/** Metadata for this mapping is already durable: FUA need not wait for a commit. */
 	DURABLE: 1 << 5,
+	/** Reads use (srcDev, srcSector); the first write allocates (dev, sector) in the kernel (Feature.COW). */
+	COW: 1 << 6,
 } as const;
 /** Every MAP_REPLY flag the header defines (DMU_MAP_FLAGS_ALL). */
-export const DMU_MAP_FLAGS_ALL = 0x3f;
+export const DMU_MAP_FLAGS_ALL = 0x7f;
 
 /** Wire type of one field. Reserved bytes must be zero. */
 export type FieldKind = 'u32' | 's32' | 'u64' | 'reserved';
@@ -201,7 +214,7 @@ export const Payload = {
 		struct: 'dmu_commit',
 		member: 'commit_req',
 		size: 48,
-		fields: [u64('coveredSeq', 0, 'covered_seq'), rsv('reserved', 8, 40)],
+		fields: [u64('coveredSeq', 0, 'covered_seq'), u64('coveredAlloc', 8, 'covered_alloc'), rsv('reserved', 16, 32)],
 	},
 	/** struct dmu_commit_done (COMMIT_DONE). */
 	commit: {
@@ -230,6 +243,20 @@ export const Payload = {
 		size: 48,
 		fields: [u64('block', 0), s32('error', 8), rsv('reserved0', 12, 4), rsv('reserved', 16, 32)],
 	},
+	/** struct dmu_allocated (ALLOCATED). */
+	allocated: {
+		struct: 'dmu_allocated',
+		member: 'allocated',
+		size: 48,
+		fields: [
+			u64('block', 0),
+			u64('sector', 8),
+			u64('allocSeq', 16, 'alloc_seq'),
+			u32('dev', 24),
+			rsv('reserved0', 28, 4),
+			rsv('reserved', 32, 16),
+		],
+	},
 } as const satisfies Record<string, StructSpec>;
 export type PayloadName = keyof typeof Payload;
 
@@ -240,8 +267,10 @@ export const PayloadOf: Readonly<Record<MsgTypeValue, PayloadName | null>> = {
 	[MsgType.COMMIT]: 'commitReq',
 	[MsgType.INVALIDATE_DONE]: 'invalidate',
 	[MsgType.COPY_ERROR]: 'copyError',
+	[MsgType.ALLOCATED]: 'allocated',
 	[MsgType.GET_FEATURES]: null,
 	[MsgType.MAP_REPLY]: 'reply',
 	[MsgType.COMMIT_DONE]: 'commit',
 	[MsgType.INVALIDATE]: 'invalidate',
+	[MsgType.ALLOCATED_ACK]: null,
 };

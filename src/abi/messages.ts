@@ -46,6 +46,8 @@ export interface MapRequestMsg extends Header<typeof MsgType.MAP> {
  */
 export interface CommitMsg extends Header<typeof MsgType.COMMIT> {
 	readonly coveredSeq: bigint;
+	/** Feature.COW: the flush covers the ALLOCATED messages numbered up to this. */
+	readonly coveredAlloc: bigint;
 }
 
 /** An INVALIDATE finished: no bio uses the forgotten mappings any more. */
@@ -61,6 +63,18 @@ export interface CopyErrorMsg extends Header<typeof MsgType.COPY_ERROR> {
 	readonly block: bigint;
 	/** Positive errno. */
 	readonly error: number;
+}
+
+/**
+ * A write to a MapFlag.COW mapping made the kernel allocate the block at
+ * (dev, sector), writable, not durable. Record it, then ALLOCATED_ACK.
+ */
+export interface AllocatedMsg extends Header<typeof MsgType.ALLOCATED> {
+	readonly block: bigint;
+	readonly sector: bigint;
+	/** Number of this allocation (COMMIT.coveredAlloc counts these). */
+	readonly allocSeq: bigint;
+	readonly dev: number;
 }
 
 /* daemon -> kernel */
@@ -103,8 +117,11 @@ export interface InvalidateMsg extends Header<typeof MsgType.INVALIDATE> {
 	readonly error: number;
 }
 
-export type KernelMessage = FeaturesMsg | MapRequestMsg | CommitMsg | InvalidateDoneMsg | CopyErrorMsg;
-export type DaemonMessage = GetFeaturesMsg | MapReplyMsg | CommitDoneMsg | InvalidateMsg;
+/** The ALLOCATED with this id is recorded. */
+export interface AllocatedAckMsg extends Header<typeof MsgType.ALLOCATED_ACK> {}
+
+export type KernelMessage = FeaturesMsg | MapRequestMsg | CommitMsg | InvalidateDoneMsg | CopyErrorMsg | AllocatedMsg;
+export type DaemonMessage = GetFeaturesMsg | MapReplyMsg | CommitDoneMsg | InvalidateMsg | AllocatedAckMsg;
 export type DmuMessage = KernelMessage | DaemonMessage;
 
 /* Builders for the messages a daemon writes, with the optional fields zero. */
@@ -133,6 +150,10 @@ export function commitDone(id: bigint, error = 0): CommitDoneMsg {
 
 export function invalidate(id: bigint, block: bigint, count: bigint): InvalidateMsg {
 	return { type: MsgType.INVALIDATE, flags: 0, id, block, count, error: 0 };
+}
+
+export function allocatedAck(id: bigint): AllocatedAckMsg {
+	return { type: MsgType.ALLOCATED_ACK, flags: 0, id };
 }
 
 export function getFeatures(id: bigint): GetFeaturesMsg {

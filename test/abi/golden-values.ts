@@ -20,7 +20,7 @@ export const GOLDEN_MESSAGES = {
 		replySeq: 0x0000000a0b0c0d0en,
 	},
 	MAP: { type: MsgType.MAP, flags: ReqFlag.WRITE | ReqFlag.WHOLE_BLOCK, id: 0x0102030405060708n, block: 0x1112131415161718n },
-	COMMIT: { type: MsgType.COMMIT, flags: 0, id: 0x2122232425262728n, coveredSeq: 0x2a2b2c2dn },
+	COMMIT: { type: MsgType.COMMIT, flags: 0, id: 0x2122232425262728n, coveredSeq: 0x2a2b2c2dn, coveredAlloc: 0x2e2f3031n },
 	INVALIDATE_DONE: {
 		type: MsgType.INVALIDATE_DONE,
 		flags: 0,
@@ -52,4 +52,14 @@ export const GOLDEN_MESSAGES = {
 		count: 0xa2a3a4a5n,
 		error: 0,
 	},
+	ALLOCATED: {
+		type: MsgType.ALLOCATED,
+		flags: 0,
+		id: 0xb1b2b3b4b5b6b7b8n,
+		block: 0xbabbbcbdbebfn,
+		sector: 0xc0c1c2c3c4n,
+		allocSeq: 0xc5c6c7c8n,
+		dev: 1,
+	},
+	ALLOCATED_ACK: { type: MsgType.ALLOCATED_ACK, flags: 0, id: 0xd1d2d3d4d5d6d7d8n },
 } satisfies Record<MsgTypeName, DmuMessage>;

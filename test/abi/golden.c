@@ -45,6 +45,7 @@ CHECK_FIELD(dmu_msg, commit_req, 16, 48);
 CHECK_FIELD(dmu_msg, commit, 16, 48);
 CHECK_FIELD(dmu_msg, invalidate, 16, 48);
 CHECK_FIELD(dmu_msg, copy_error, 16, 48);
+CHECK_FIELD(dmu_msg, allocated, 16, 48);
 
 CHECK_FIELD(dmu_features, features, 0, 8);
 CHECK_FIELD(dmu_features, nr_blocks, 8, 8);
@@ -69,7 +70,8 @@ CHECK_FIELD(dmu_map_reply, reserved1, 40, 8);
 
 _Static_assert(sizeof(struct dmu_commit) == 48, "dmu_commit size");
 CHECK_FIELD(dmu_commit, covered_seq, 0, 8);
-CHECK_FIELD(dmu_commit, reserved, 8, 40);
+CHECK_FIELD(dmu_commit, covered_alloc, 8, 8);
+CHECK_FIELD(dmu_commit, reserved, 16, 32);
 
 CHECK_FIELD(dmu_commit_done, error, 0, 4);
 CHECK_FIELD(dmu_commit_done, reserved0, 4, 4);
@@ -85,6 +87,14 @@ CHECK_FIELD(dmu_copy_error, block, 0, 8);
 CHECK_FIELD(dmu_copy_error, error, 8, 4);
 CHECK_FIELD(dmu_copy_error, reserved0, 12, 4);
 CHECK_FIELD(dmu_copy_error, reserved, 16, 32);
+
+_Static_assert(sizeof(struct dmu_allocated) == 48, "dmu_allocated size");
+CHECK_FIELD(dmu_allocated, block, 0, 8);
+CHECK_FIELD(dmu_allocated, sector, 8, 8);
+CHECK_FIELD(dmu_allocated, alloc_seq, 16, 8);
+CHECK_FIELD(dmu_allocated, dev, 24, 4);
+CHECK_FIELD(dmu_allocated, reserved0, 28, 4);
+CHECK_FIELD(dmu_allocated, reserved, 32, 16);
 
 #ifndef GOLDEN_ASSERTS_ONLY
 #include <stdio.h>
@@ -122,15 +132,18 @@ int main(void)
 	CONST(DMU_FEATURE_COPY_ERROR);
 	CONST(DMU_FEATURE_COMMIT_SEQ);
 	CONST(DMU_FEATURE_MAP_RUN);
+	CONST(DMU_FEATURE_COW);
 	CONST(DMU_MSG_FEATURES);
 	CONST(DMU_MSG_MAP);
 	CONST(DMU_MSG_COMMIT);
 	CONST(DMU_MSG_INVALIDATE_DONE);
 	CONST(DMU_MSG_COPY_ERROR);
+	CONST(DMU_MSG_ALLOCATED);
 	CONST(DMU_MSG_GET_FEATURES);
 	CONST(DMU_MSG_MAP_REPLY);
 	CONST(DMU_MSG_COMMIT_DONE);
 	CONST(DMU_MSG_INVALIDATE);
+	CONST(DMU_MSG_ALLOCATED_ACK);
 	CONST(DMU_REQ_WRITE);
 	CONST(DMU_REQ_WHOLE_BLOCK);
 	CONST(DMU_REQ_RO_FAULT);
@@ -140,6 +153,7 @@ int main(void)
 	CONST(DMU_MAP_ZERO);
 	CONST(DMU_MAP_ERROR);
 	CONST(DMU_MAP_DURABLE);
+	CONST(DMU_MAP_COW);
 	CONST(DMU_MAP_FLAGS_ALL);
 
 	SIZE(dmu_msg);
@@ -150,6 +164,7 @@ int main(void)
 	SIZE(dmu_commit_done);
 	SIZE(dmu_invalidate);
 	SIZE(dmu_copy_error);
+	SIZE(dmu_allocated);
 
 	FIELD(dmu_msg, type);
 	FIELD(dmu_msg, flags);
@@ -162,6 +177,7 @@ int main(void)
 	FIELD(dmu_msg, commit);
 	FIELD(dmu_msg, invalidate);
 	FIELD(dmu_msg, copy_error);
+	FIELD(dmu_msg, allocated);
 	FIELD(dmu_features, features);
 	FIELD(dmu_features, nr_blocks);
 	FIELD(dmu_features, block_sectors);
@@ -181,6 +197,7 @@ int main(void)
 	FIELD(dmu_map_reply, run);
 	FIELD(dmu_map_reply, reserved1);
 	FIELD(dmu_commit, covered_seq);
+	FIELD(dmu_commit, covered_alloc);
 	FIELD(dmu_commit, reserved);
 	FIELD(dmu_commit_done, error);
 	FIELD(dmu_commit_done, reserved0);
@@ -194,6 +211,12 @@ int main(void)
 	FIELD(dmu_copy_error, error);
 	FIELD(dmu_copy_error, reserved0);
 	FIELD(dmu_copy_error, reserved);
+	FIELD(dmu_allocated, block);
+	FIELD(dmu_allocated, sector);
+	FIELD(dmu_allocated, alloc_seq);
+	FIELD(dmu_allocated, dev);
+	FIELD(dmu_allocated, reserved0);
+	FIELD(dmu_allocated, reserved);
 
 	/*
 	 * One message of each type. Every field gets a value whose bytes are
@@ -224,6 +247,7 @@ int main(void)
 	m.type = DMU_MSG_COMMIT;
 	m.id = 0x2122232425262728ULL;
 	m.commit_req.covered_seq = 0x000000002a2b2c2dULL;
+	m.commit_req.covered_alloc = 0x000000002e2f3031ULL;
 	print_msg("COMMIT", &m);
 
 	memset(&m, 0, sizeof(m));
@@ -271,6 +295,20 @@ int main(void)
 	m.invalidate.block = 0x9a9b9c9d9e9fa0a1ULL;
 	m.invalidate.count = 0x00000000a2a3a4a5ULL;
 	print_msg("INVALIDATE", &m);
+
+	memset(&m, 0, sizeof(m));
+	m.type = DMU_MSG_ALLOCATED;
+	m.id = 0xb1b2b3b4b5b6b7b8ULL;
+	m.allocated.block = 0x0000babbbcbdbebfULL;
+	m.allocated.sector = 0x000000c0c1c2c3c4ULL;
+	m.allocated.alloc_seq = 0x00000000c5c6c7c8ULL;
+	m.allocated.dev = 1;
+	print_msg("ALLOCATED", &m);
+
+	memset(&m, 0, sizeof(m));
+	m.type = DMU_MSG_ALLOCATED_ACK;
+	m.id = 0xd1d2d3d4d5d6d7d8ULL;
+	print_msg("ALLOCATED_ACK", &m);
 	return 0;
 }
 #endif /* GOLDEN_ASSERTS_ONLY */

@@ -120,7 +120,7 @@ t.test('serve loop: one answer batch per read, everything logged', async (t) => 
 		req(1n, 0, 11n),
 		req(50n, W, 12n),
 		req(60n, 0, 13n),
-		{ type: MsgType.COMMIT, flags: 0, id: 14n, coveredSeq: 0n },
+		{ type: MsgType.COMMIT, flags: 0, id: 14n, coveredSeq: 0n, coveredAlloc: 0n },
 	] as const;
 	await writeFile(dev, encodeBatch([...input]));
 	const rules = parseRules({ rules: [{ from: 50, to: 59, action: 'copy-first' }, { from: 60, action: 'never' }] });

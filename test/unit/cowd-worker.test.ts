@@ -50,7 +50,7 @@ const write = (id: number, block: number, whole: boolean): KernelMessage => ({
 	id: BigInt(id),
 	block: BigInt(block),
 });
-const commit = (id: number, coveredSeq: bigint): KernelMessage => ({ type: MsgType.COMMIT, flags: 0, id: BigInt(id), coveredSeq });
+const commit = (id: number, coveredSeq: bigint): KernelMessage => ({ type: MsgType.COMMIT, flags: 0, id: BigInt(id), coveredSeq, coveredAlloc: 0n });
 const range = (n: number, f: (i: number) => KernelMessage) => Array.from({ length: n }, (_, i) => f(i));
 
 async function dirtyImage(t: { teardown(fn: () => unknown): void }) {

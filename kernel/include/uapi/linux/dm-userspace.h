@@ -91,6 +91,20 @@
  *	one that already has a mapping or a request in flight; so a daemon
  *	must not put in a run a block it has answered differently before,
  *	and a block it is still answering keeps that answer.
+ * DMU_FEATURE_COW: a map reply may carry DMU_MAP_COW (alone, and with a
+ *	run): the block reads from (src_dev, src_sector) until its first
+ *	write. That write makes the kernel itself copy the block to (dev,
+ *	sector) with dm-kcopyd (no copy when the write covers the whole
+ *	block), remember (dev, sector) writable, and tell the daemon with
+ *	DMU_MSG_ALLOCATED. Allocations are numbered 1, 2, ... over the
+ *	target's life (struct dmu_allocated.alloc_seq), apart from replies;
+ *	a DMU_MSG_COMMIT covers those up to struct dmu_commit.covered_alloc
+ *	(their copies were done before the flush began). An ALLOCATED is a
+ *	request: the daemon records the allocation, then answers
+ *	DMU_MSG_ALLOCATED_ACK with its id; a daemon that closes the device
+ *	before that leaves it to be sent again to the next one. Messages stay
+ *	in order: a daemon must apply an ALLOCATED before it answers anything
+ *	read after it (a MAP for the same block, a COMMIT covering it).
  */
 #define DMU_FEATURE_COPY_FIRST	(1ULL << 0)
 #define DMU_FEATURE_TEMPORARY	(1ULL << 1)
@@ -101,6 +115,7 @@
 #define DMU_FEATURE_COPY_ERROR	(1ULL << 6)
 #define DMU_FEATURE_COMMIT_SEQ	(1ULL << 7)
 #define DMU_FEATURE_MAP_RUN	(1ULL << 8)
+#define DMU_FEATURE_COW		(1ULL << 9)
 
 /*
  * Message types. Types below 0x80 travel kernel -> daemon (read()), types
@@ -113,12 +128,14 @@ enum dmu_msg_type {
 	DMU_MSG_COMMIT		= 0x03,	/* payload: struct dmu_commit */
 	DMU_MSG_INVALIDATE_DONE	= 0x04,	/* payload: struct dmu_invalidate */
 	DMU_MSG_COPY_ERROR	= 0x05,	/* payload: struct dmu_copy_error */
+	DMU_MSG_ALLOCATED	= 0x06,	/* payload: struct dmu_allocated */
 
 	/* daemon -> kernel */
 	DMU_MSG_GET_FEATURES	= 0x81,	/* payload: none (reserved, zero) */
 	DMU_MSG_MAP_REPLY	= 0x82,	/* payload: struct dmu_map_reply */
 	DMU_MSG_COMMIT_DONE	= 0x83,	/* payload: struct dmu_commit_done */
 	DMU_MSG_INVALIDATE	= 0x84,	/* payload: struct dmu_invalidate */
+	DMU_MSG_ALLOCATED_ACK	= 0x85,	/* payload: none (reserved, zero) */
 };
 
 /*
@@ -167,6 +184,8 @@ struct dmu_map_request {
  * DMU_MAP_ERROR: fail the waiting bios with -error; nothing is remembered.
  * DMU_MAP_DURABLE: the daemon's metadata for this mapping is already
  *	durable, so a FUA write to it need not wait for a commit.
+ * DMU_MAP_COW: reads use (src_dev, src_sector); the first write allocates
+ *	(dev, sector) in the kernel (DMU_FEATURE_COW).
  */
 #define DMU_MAP_WRITABLE	(1U << 0)
 #define DMU_MAP_COPY_FIRST	(1U << 1)
@@ -174,7 +193,8 @@ struct dmu_map_request {
 #define DMU_MAP_ZERO		(1U << 3)
 #define DMU_MAP_ERROR		(1U << 4)
 #define DMU_MAP_DURABLE		(1U << 5)
-#define DMU_MAP_FLAGS_ALL	0x3fU
+#define DMU_MAP_COW		(1U << 6)
+#define DMU_MAP_FLAGS_ALL	0x7fU
 
 /*
  * DMU_MSG_MAP_REPLY, payload to kernel. The id is that of the request.
@@ -184,9 +204,9 @@ struct dmu_map_request {
 struct dmu_map_reply {
 	__u64 block;		/* must equal the request's block */
 	__u64 sector;		/* destination start sector on dev */
-	__u64 src_sector;	/* copy-first source start sector */
+	__u64 src_sector;	/* copy-first (or COW) source start sector */
 	__u32 dev;		/* destination device index */
-	__u32 src_dev;		/* copy-first source device index */
+	__u32 src_dev;		/* copy-first (or COW) source device index */
 	__s32 error;		/* DMU_MAP_ERROR: positive errno */
 	__u32 run;		/* DMU_FEATURE_MAP_RUN: blocks answered, 0 = 1 */
 	__u64 reserved1;
@@ -200,7 +220,8 @@ struct dmu_map_reply {
  */
 struct dmu_commit {
 	__u64 covered_seq;	/* replies 1..covered_seq are covered */
-	__u64 reserved[5];
+	__u64 covered_alloc;	/* DMU_FEATURE_COW: allocations 1..covered_alloc */
+	__u64 reserved[4];
 };
 
 /*
@@ -239,6 +260,21 @@ struct dmu_copy_error {
 };
 
 /*
+ * DMU_MSG_ALLOCATED, payload to userspace: a write to a DMU_MAP_COW
+ * mapping made the kernel allocate the block at (dev, sector); it is
+ * remembered writable and not durable. Answered by DMU_MSG_ALLOCATED_ACK
+ * with the same id once the daemon has recorded it.
+ */
+struct dmu_allocated {
+	__u64 block;
+	__u64 sector;		/* where the block lives now */
+	__u64 alloc_seq;	/* number of this allocation */
+	__u32 dev;
+	__u32 reserved0;
+	__u64 reserved[2];
+};
+
+/*
  * One message, both directions. Reserved fields must be zero when written
  * by the daemon (the kernel rejects a message with non-zero reserved
  * fields, -EINVAL, so they can gain meaning later behind a feature bit).
@@ -255,6 +291,7 @@ struct dmu_msg {
 		struct dmu_commit_done commit;
 		struct dmu_invalidate invalidate;
 		struct dmu_copy_error copy_error;
+		struct dmu_allocated allocated;
 		__u8 payload[48];
 	};
 };

@@ -98,6 +98,10 @@ struct dmu_target {
 	u64 reply_seq;
 	u64 commit_start_seq;
 	u64 committed_seq;		/* mappings up to here are durable */
+	/* The same for allocations the kernel made itself (DMU_FEATURE_COW). */
+	u64 alloc_seq;
+	u64 commit_start_alloc;
+	u64 committed_alloc;
 	wait_queue_head_t copy_wait;	/* a copy-first finished */
 
 	bool suspending;

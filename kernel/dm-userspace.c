@@ -21,7 +21,7 @@
  *   hits       bios served from a remembered mapping
  *   misses     map requests queued for the daemon (incl. read-only faults)
  *   pending    blocks waiting for an answer (or a copy-first) right now
- *   copies     copy-firsts completed
+ *   copies     copy-firsts completed, the kernel's own COW copies included
  *   flushes    empty flush bios received
  *   commits    DMU_MSG_COMMIT answered by the daemon
  *   evictions  remembered mappings dropped to respect max_mappings
@@ -34,7 +34,8 @@
  * Status TABLE: the constructor arguments (feature args only if given).
  *
  * Messages: "invalidate <first block> <count>" forgets mappings of that
- * range once bios in flight on them have finished.
+ * range once bios in flight on them have finished (all but allocations
+ * the daemon has not acknowledged yet, see DMU_M_UNACKED).
  */
 #include <linux/bio.h>
 #include <linux/blkdev.h>
@@ -62,24 +63,38 @@
 			  DMU_FEATURE_ZERO | DMU_FEATURE_ERROR | \
 			  DMU_FEATURE_INVALIDATE | DMU_FEATURE_COMMIT | \
 			  DMU_FEATURE_COPY_ERROR | DMU_FEATURE_COMMIT_SEQ | \
-			  DMU_FEATURE_MAP_RUN)
+			  DMU_FEATURE_MAP_RUN | DMU_FEATURE_COW)
 
 /*
- * A remembered mapping. Memory cost: 80 bytes each (slab object, no other
+ * A remembered mapping. Memory cost: 88 bytes each (slab object, no other
  * allocation: the tree node and LRU link are embedded), so the default
- * max_mappings of 65536 costs about 5 MiB per target at most.
+ * max_mappings of 65536 costs about 5.5 MiB per target at most.
  */
 struct dmu_mapping {
 	struct rb_node node;		/* in dmu_target.mappings */
 	struct list_head lru;		/* in dmu_target.lru */
 	u64 block;
 	sector_t sector;		/* start of the block on devs[dev] */
-	u64 seq;			/* number of the reply that made it */
+	u64 seq;			/* number of the reply (or allocation) */
+	sector_t cow_sector;		/* DMU_MAP_COW: where a write puts it */
 	struct dmu_inval *inval;	/* told when the last bio is done */
 	refcount_t ref;			/* 1 for the tree + 1 per bio */
-	u16 dev;
-	u16 flags;			/* DMU_MAP_WRITABLE/ZERO/DURABLE */
+	u8 dev;
+	u8 cow_dev;
+	u16 flags;			/* DMU_MAP_WRITABLE/ZERO/DURABLE/COW */
 };
+
+/*
+ * Made by the kernel on a write to a DMU_MAP_COW mapping: ->seq numbers
+ * allocations (dmu_target.alloc_seq), not replies. Above the ABI's flags.
+ */
+#define DMU_M_KALLOC	(1U << 15)
+/*
+ * ... and the daemon has not acknowledged it yet: never evicted nor
+ * invalidated meanwhile, since a daemon that does not know of it yet
+ * could answer the block again as unallocated (in a run for a neighbour).
+ */
+#define DMU_M_UNACKED	(1U << 14)
 
 /* A block waiting for the daemon (or for its copy-first). */
 struct dmu_pending {
@@ -89,7 +104,8 @@ struct dmu_pending {
 	u64 block;
 	struct bio_list bios;		/* in submission order */
 	bool copying;			/* answered, dm-kcopyd running */
-	u64 seq;			/* number of the reply, once answered */
+	bool kalloc;			/* a COW allocation, not a request */
+	u64 seq;			/* number of the reply (or allocation) */
 	/* The answer, kept for the copy completion. */
 	struct dmu_mapping *m;		/* NULL: not remembered */
 	u32 flags;
@@ -301,14 +317,21 @@ static void __dmu_mapping_drop(struct dmu_target *t, struct dmu_mapping *m)
 static bool dmu_mapping_uncommitted(struct dmu_target *t,
 				    struct dmu_mapping *m)
 {
-	return !(m->flags & DMU_MAP_DURABLE) && m->seq > t->committed_seq;
+	/* A COW mapping is read-only until a write replaces it. */
+	if (m->flags & (DMU_MAP_DURABLE | DMU_MAP_COW))
+		return false;
+	if (m->flags & DMU_M_KALLOC)
+		return m->seq > t->committed_alloc;
+	return m->seq > t->committed_seq;
 }
 
 /*
  * Make room for one mapping: prefer the oldest clean one (no bio in
- * flight, committed) among the first few, else the oldest. Lock held.
+ * flight, committed) among the first few, else the oldest the daemon
+ * knows of. False when every mapping is an unacknowledged allocation:
+ * the table then holds more than max_mappings for a moment. Lock held.
  */
-static void __dmu_evict_one(struct dmu_target *t)
+static bool __dmu_evict_one(struct dmu_target *t)
 {
 	struct dmu_mapping *m, *victim = NULL;
 	unsigned int scanned = 0;
@@ -322,10 +345,19 @@ static void __dmu_evict_one(struct dmu_target *t)
 		if (++scanned >= DMU_EVICT_SCAN)
 			break;
 	}
+	if (!victim) {
+		list_for_each_entry(m, &t->lru, lru) {
+			if (!(m->flags & DMU_M_UNACKED)) {
+				victim = m;
+				break;
+			}
+		}
+	}
 	if (!victim)
-		victim = list_first_entry(&t->lru, struct dmu_mapping, lru);
+		return false;
 	__dmu_mapping_drop(t, victim);
 	t->evictions++;
+	return true;
 }
 
 static void __dmu_mapping_install(struct dmu_target *t, struct dmu_mapping *m)
@@ -334,8 +366,8 @@ static void __dmu_mapping_install(struct dmu_target *t, struct dmu_mapping *m)
 
 	if (old)
 		__dmu_mapping_drop(t, old);
-	while (t->nr_mapped >= t->max_mappings && !list_empty(&t->lru))
-		__dmu_evict_one(t);
+	while (t->nr_mapped >= t->max_mappings && __dmu_evict_one(t))
+		;
 	__dmu_mapping_insert(t, m);
 	list_add_tail(&m->lru, &t->lru);
 	t->nr_mapped++;
@@ -368,6 +400,62 @@ static int dmu_absent_result(struct dmu_target *t)
 		DM_MAPIO_REQUEUE : DM_MAPIO_KILL;
 }
 
+static void dmu_resolve(struct dmu_target *t, struct dmu_pending *p);
+static void dmu_copy_done(int read_err, unsigned long write_err,
+			  void *context);
+
+/*
+ * A write hit @cow, a DMU_MAP_COW mapping: allocate the block where the
+ * daemon said, in @p (so bios to the block wait behind it, as behind a
+ * request) and @m (the writable mapping it becomes), numbered as an
+ * allocation. Fills the copy regions; returns false when the write covers
+ * the whole block and nothing needs copying. Lock held.
+ */
+static bool __dmu_cow_start(struct dmu_target *t, struct dmu_mapping *cow,
+			    struct dmu_pending *p, struct dmu_mapping *m,
+			    struct bio *bio, struct dm_io_region *from,
+			    struct dm_io_region *to)
+{
+	sector_t len = dmu_block_len(t, cow->block);
+
+	p->t = t;
+	p->block = cow->block;
+	bio_list_init(&p->bios);
+	bio_list_add(&p->bios, bio);
+	p->kalloc = true;
+	p->seq = ++t->alloc_seq;
+	p->copying = bio_sectors(bio) != len;
+	p->flags = DMU_MAP_WRITABLE;
+
+	m->block = cow->block;
+	m->dev = cow->cow_dev;
+	m->sector = cow->cow_sector;
+	m->flags = DMU_MAP_WRITABLE | DMU_M_KALLOC | DMU_M_UNACKED;
+	m->seq = p->seq;
+	refcount_set(&m->ref, 1);
+	p->m = m;
+
+	/* Queued once the mapping is in place (dmu_resolve). */
+	INIT_LIST_HEAD(&p->out.node);
+	p->out.msg.type = DMU_MSG_ALLOCATED;
+	p->out.msg.id = ++t->next_id;
+	p->out.msg.allocated.block = m->block;
+	p->out.msg.allocated.sector = m->sector;
+	p->out.msg.allocated.alloc_seq = p->seq;
+	p->out.msg.allocated.dev = m->dev;
+
+	from->bdev = t->devs[cow->dev]->bdev;
+	from->sector = cow->sector;
+	from->count = len;
+	to->bdev = t->devs[m->dev]->bdev;
+	to->sector = m->sector;
+	to->count = len;
+
+	__dmu_pending_insert(t, p);
+	__dmu_mapping_drop(t, cow);
+	return p->copying;
+}
+
 /*
  * Route a read or write bio: remap it through a remembered mapping, or
  * queue it behind the block's request to the daemon. Used by map and by
@@ -381,7 +469,9 @@ static int dmu_route(struct dmu_target *t, struct bio *bio, bool released)
 	u64 block = dmu_bio_block(t, bio);
 	bool write = bio_data_dir(bio) == WRITE;
 	struct dmu_pending *p, *newp = NULL;
-	struct dmu_mapping *m;
+	struct dmu_mapping *m, *newm = NULL;
+	struct dm_io_region from, to;
+	bool cow_nomem = false, copy;
 	unsigned long flags;
 	unsigned int dev;
 	sector_t sector;
@@ -436,6 +526,42 @@ again:
 		goto out_unlock;
 	}
 
+	/*
+	 * First write to a COW block: the kernel allocates it, no round
+	 * trip. Without memory for the new mapping, ask the daemon instead
+	 * (a DMU_REQ_RO_FAULT, which it answers with an allocation).
+	 */
+	if (m && (m->flags & DMU_MAP_COW) && !cow_nomem) {
+		if (!newp || !newm) {
+			spin_unlock_irqrestore(&t->lock, flags);
+			if (!newp) {
+				newp = mempool_alloc(dmu_pending_pool, GFP_NOIO);
+				memset(newp, 0, sizeof(*newp));
+			}
+			if (!newm) {
+				newm = kmem_cache_zalloc(dmu_mapping_cache,
+							 GFP_NOIO | __GFP_NOWARN);
+				cow_nomem = !newm;
+			}
+			goto again;
+		}
+		p = newp;
+		newp = NULL;
+		copy = __dmu_cow_start(t, m, p, newm, bio, &from, &to);
+		newm = NULL;
+		spin_unlock_irqrestore(&t->lock, flags);
+		if (copy) {
+			dm_kcopyd_copy(t->kcopyd, &from, 1, &to, 0,
+				       dmu_copy_done, p);
+		} else {
+			dmu_resolve(t, p);
+			/* A commit may wait for this allocation's message. */
+			wake_up_all(&t->copy_wait);
+		}
+		r = DM_MAPIO_SUBMITTED;
+		goto out;
+	}
+
 	if (!newp) {
 		spin_unlock_irqrestore(&t->lock, flags);
 		newp = mempool_alloc(dmu_pending_pool, GFP_NOIO);
@@ -470,6 +596,8 @@ out_unlock:
 out:
 	if (newp)
 		mempool_free(newp, dmu_pending_pool);
+	if (newm)
+		kmem_cache_free(dmu_mapping_cache, newm);
 	return r;
 }
 
@@ -614,6 +742,7 @@ static void dmu_resolve(struct dmu_target *t, struct dmu_pending *p)
 	struct bio_list bios, zeroed, failed;
 	unsigned long flags;
 	struct bio *bio;
+	bool keep = false;
 
 	bio_list_init(&zeroed);
 	bio_list_init(&failed);
@@ -645,6 +774,16 @@ static void dmu_resolve(struct dmu_target *t, struct dmu_pending *p)
 			}
 		}
 	}
+	if (p->kalloc) {
+		/*
+		 * Tell the daemon, in the same breath as the mapping goes in:
+		 * a commit covering this allocation is queued after it. @p
+		 * lives on as that request until the daemon acknowledges it.
+		 */
+		p->m = NULL;
+		__dmu_queue_out(t, &p->out, false);
+		keep = true;
+	}
 	if (!bio_list_empty(&t->release))
 		queue_work(t->wq, &t->release_work);
 	spin_unlock_irqrestore(&t->lock, flags);
@@ -654,7 +793,8 @@ static void dmu_resolve(struct dmu_target *t, struct dmu_pending *p)
 		bio_endio(bio);
 	}
 	dmu_end_bios(&failed, p->error, false);
-	mempool_free(p, dmu_pending_pool);
+	if (!keep)
+		mempool_free(p, dmu_pending_pool);
 }
 
 static void dmu_pending_consumed(struct dmu_target *t, struct dmu_out *out)
@@ -798,6 +938,9 @@ static void __dmu_install_run(struct dmu_target *t,
 		m->dev = first->dev;
 		m->sector = (first->flags & DMU_MAP_ZERO) ? 0 :
 			    first->sector + (sector_t)i * t->block_sectors;
+		m->cow_dev = first->cow_dev;
+		m->cow_sector = (first->flags & DMU_MAP_COW) ?
+			first->cow_sector + (sector_t)i * t->block_sectors : 0;
 		m->flags = first->flags;
 		m->seq = first->seq;
 		refcount_set(&m->ref, 1);
@@ -836,6 +979,9 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 	if (run > 1 &&
 	    (f & (DMU_MAP_TEMPORARY | DMU_MAP_ERROR | DMU_MAP_COPY_FIRST)))
 		return -EINVAL;
+	/* Remembered and read-only until the kernel allocates it. */
+	if ((f & DMU_MAP_COW) && f != DMU_MAP_COW)
+		return -EINVAL;
 	/* The whole run; only the last block of the disk may be short. */
 	len = (sector_t)(run - 1) * t->block_sectors +
 	      dmu_block_len(t, rep->block + run - 1);
@@ -851,7 +997,7 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 	if (!(f & (DMU_MAP_ERROR | DMU_MAP_ZERO)) &&
 	    !dmu_fits(t, rep->dev, rep->sector, len))
 		return -EINVAL;
-	if (f & DMU_MAP_COPY_FIRST) {
+	if (f & (DMU_MAP_COPY_FIRST | DMU_MAP_COW)) {
 		if (!dmu_fits(t, rep->src_dev, rep->src_sector, len))
 			return -EINVAL;
 	} else if (rep->src_dev || rep->src_sector) {
@@ -863,10 +1009,18 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 		if (!m)
 			return -ENOMEM;
 		m->block = rep->block;
-		m->sector = (f & DMU_MAP_ZERO) ? 0 : rep->sector;
-		m->dev = (f & DMU_MAP_ZERO) ? 0 : rep->dev;
+		if (f & DMU_MAP_COW) {
+			/* Reads go to the source until the first write. */
+			m->sector = rep->src_sector;
+			m->dev = rep->src_dev;
+			m->cow_sector = rep->sector;
+			m->cow_dev = rep->dev;
+		} else if (!(f & DMU_MAP_ZERO)) {
+			m->sector = rep->sector;
+			m->dev = rep->dev;
+		}
 		m->flags = f & (DMU_MAP_WRITABLE | DMU_MAP_ZERO |
-				DMU_MAP_DURABLE);
+				DMU_MAP_DURABLE | DMU_MAP_COW);
 		refcount_set(&m->ref, 1);
 		if (run > 1)
 			dmu_alloc_run(t, rep, run, &spare);
@@ -935,8 +1089,10 @@ static int dmu_commit_done(struct dmu_target *t, const struct dmu_msg *msg)
 	list_del_init(&t->commit_out.node);
 	t->commit_state = DMU_COMMIT_IDLE;
 	t->commits++;
-	if (!cd->error)
+	if (!cd->error) {
 		t->committed_seq = t->commit_start_seq;
+		t->committed_alloc = t->commit_start_alloc;
+	}
 	bios = t->commit_bios;
 	bio_list_init(&t->commit_bios);
 	more = !bio_list_empty(&t->commit_wait);
@@ -965,10 +1121,11 @@ static int dmu_commit_done(struct dmu_target *t, const struct dmu_msg *msg)
 }
 
 /*
- * Is every copy-first of a reply numbered up to @seq done (or failed)?
+ * Is every copy-first of a reply numbered up to @seq done (or failed), and
+ * every allocation numbered up to @alloc in place with its message queued?
  * Walks the pending blocks: bounded, and only per flush.
  */
-static bool dmu_copies_done(struct dmu_target *t, u64 seq)
+static bool dmu_copies_done(struct dmu_target *t, u64 seq, u64 alloc)
 {
 	unsigned long flags;
 	struct rb_node *n;
@@ -978,7 +1135,7 @@ static bool dmu_copies_done(struct dmu_target *t, u64 seq)
 	for (n = rb_first(&t->pending); n; n = rb_next(n)) {
 		struct dmu_pending *p = rb_entry(n, struct dmu_pending, node);
 
-		if (p->copying && p->seq <= seq) {
+		if (p->kalloc ? p->seq <= alloc : p->copying && p->seq <= seq) {
 			done = false;
 			break;
 		}
@@ -1016,9 +1173,11 @@ static void dmu_commit_work(struct work_struct *ws)
 	bio_list_init(&t->commit_wait);
 	t->commit_state = DMU_COMMIT_FLUSHING;
 	t->commit_start_seq = t->reply_seq;
+	t->commit_start_alloc = t->alloc_seq;
 	spin_unlock_irqrestore(&t->lock, flags);
 
-	wait_event(t->copy_wait, dmu_copies_done(t, t->commit_start_seq));
+	wait_event(t->copy_wait, dmu_copies_done(t, t->commit_start_seq,
+						 t->commit_start_alloc));
 
 	for (i = 0; i < t->nr_devs; i++) {
 		int r = blkdev_issue_flush(t->devs[i]->bdev);
@@ -1046,6 +1205,7 @@ static void dmu_commit_work(struct work_struct *ws)
 	t->commit_out.msg.type = DMU_MSG_COMMIT;
 	t->commit_out.msg.id = ++t->next_id;
 	t->commit_out.msg.commit_req.covered_seq = t->commit_start_seq;
+	t->commit_out.msg.commit_req.covered_alloc = t->commit_start_alloc;
 	t->commit_out.consumed = NULL;
 	__dmu_queue_out(t, &t->commit_out, false);
 	__dmu_arm_timeout(t);
@@ -1088,9 +1248,12 @@ static void dmu_invalidate(struct dmu_target *t, struct dmu_inval *inv,
 	m = __dmu_mapping_ceil(t, block);
 	while (m && m->block - block < count) {
 		next = rb_next(&m->node);
-		m->inval = inv;
-		atomic_inc(&inv->remaining);
-		__dmu_mapping_drop(t, m);
+		/* The daemon has yet to hear of it (see DMU_M_UNACKED). */
+		if (!(m->flags & DMU_M_UNACKED)) {
+			m->inval = inv;
+			atomic_inc(&inv->remaining);
+			__dmu_mapping_drop(t, m);
+		}
 		m = next ? rb_entry(next, struct dmu_mapping, node) : NULL;
 	}
 	spin_unlock_irqrestore(&t->lock, flags);
@@ -1123,6 +1286,36 @@ static int dmu_invalidate_msg(struct dmu_target *t, const struct dmu_msg *msg)
 	inv->out.consumed = dmu_inval_consumed;
 	dmu_invalidate(t, inv, in->block, in->count);
 	return 0;
+}
+
+/*
+ * The daemon recorded an allocation: its request (a dmu_pending) goes, and
+ * the mapping may now be evicted like any other.
+ */
+static int dmu_allocated_ack(struct dmu_target *t, const struct dmu_msg *msg)
+{
+	struct dmu_mapping *m;
+	struct dmu_out *out;
+	unsigned long flags;
+
+	if (msg->flags || memchr_inv(msg->payload, 0, sizeof(msg->payload)))
+		return -EINVAL;
+	spin_lock_irqsave(&t->lock, flags);
+	list_for_each_entry(out, &t->sent, node) {
+		if (out->msg.type != DMU_MSG_ALLOCATED || out->msg.id != msg->id)
+			continue;
+		list_del(&out->node);
+		m = __dmu_mapping_find(t, out->msg.allocated.block);
+		if (m && (m->flags & DMU_M_KALLOC) &&
+		    m->seq == out->msg.allocated.alloc_seq)
+			m->flags &= ~DMU_M_UNACKED;
+		spin_unlock_irqrestore(&t->lock, flags);
+		mempool_free(container_of(out, struct dmu_pending, out),
+			     dmu_pending_pool);
+		return 0;
+	}
+	spin_unlock_irqrestore(&t->lock, flags);
+	return -EINVAL;
 }
 
 static void dmu_free_consumed(struct dmu_target *t, struct dmu_out *out)
@@ -1174,6 +1367,8 @@ int dmu_handle_msg(struct dmu_target *t, const struct dmu_msg *msg)
 		return dmu_commit_done(t, msg);
 	case DMU_MSG_INVALIDATE:
 		return dmu_invalidate_msg(t, msg);
+	case DMU_MSG_ALLOCATED_ACK:
+		return dmu_allocated_ack(t, msg);
 	default:
 		return -EINVAL;
 	}
@@ -1198,7 +1393,8 @@ static void dmu_fail_waiters(struct dmu_target *t, bool requeue)
 		struct dmu_pending *p = rb_entry(n, struct dmu_pending, node);
 
 		next = rb_next(n);
-		if (p->copying)
+		/* Copies finish by themselves; an allocation needs no daemon. */
+		if (p->copying || p->kalloc)
 			continue;
 		list_del_init(&p->out.node);
 		__dmu_pending_erase(t, p);
@@ -1727,6 +1923,9 @@ static void dmu_drain(struct dmu_target *t)
 		list_del_init(&out->node);
 		if (out->consumed)
 			out->consumed(t, out);
+		else if (out->msg.type == DMU_MSG_ALLOCATED)
+			mempool_free(container_of(out, struct dmu_pending, out),
+				     dmu_pending_pool);
 	}
 	while (!list_empty(&t->lru))
 		__dmu_mapping_drop(t, list_first_entry(&t->lru,
@@ -1781,6 +1980,8 @@ static int __init dmu_init(void)
 	BUILD_BUG_ON(sizeof(struct dmu_commit_done) != 48);
 	BUILD_BUG_ON(sizeof(struct dmu_invalidate) != 48);
 	BUILD_BUG_ON(sizeof(struct dmu_copy_error) != 48);
+	BUILD_BUG_ON(sizeof(struct dmu_allocated) != 48);
+	BUILD_BUG_ON(sizeof(struct dmu_commit) != 48);
 	BUILD_BUG_ON(offsetof(struct dmu_msg, payload) != 16);
 
 	dmu_mapping_cache = KMEM_CACHE(dmu_mapping, 0);

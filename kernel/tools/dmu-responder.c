@@ -3,7 +3,7 @@
  * dmu-responder: a tiny daemon for the dm-userspace control device, for
  * debugging the kernel target without the TypeScript stack.
  *
- *   dmu-responder [-m MODE] [-l LOG] [-D MS] [-I BLOCK,COUNT] [-R N] [-x N] [-V] DEV
+ *   dmu-responder [-m MODE] [-l LOG] [-D MS] [-I BLOCK,COUNT] [-R N] [-x N] [-N] [-V] DEV
  *
  * Every block maps 1:1 (block * block_sectors) onto the devices. MODE:
  *   rw        writable mapping on dev 0 (default)
@@ -13,18 +13,27 @@
  *   error=N   fail the bios with errno N
  *   copy=S    reads map read-only onto dev S (a base image); writes get a
  *             writable mapping on dev 0 with copy-first from dev S
+ *   cow=S     reads and writes get DMU_MAP_COW: read from dev S until the
+ *             first write, which the kernel allocates on dev 0 itself
+ *             (DMU_FEATURE_COW); a write the kernel sends back as a
+ *             DMU_REQ_RO_FAULT gets what copy=S gives it. Blocks known
+ *             to be allocated (DMU_MSG_ALLOCATED, or copied that way)
+ *             map writable on dev 0, and a run never mixes the two
  *   swap      writable on dev 0, but blocks 2k and 2k+1 trade places:
  *             neighbouring blocks are never contiguous on the device
  *   sink      read requests, never answer them
  * -l LOG    append one line per message read ("batch N", "map ID BLOCK
- *           FLAGS", "commit ID covered=SEQ", "inval_done ID BLOCK COUNT", "copy_error
- *           ID BLOCK ERR", "features ...") and per check ("bad ...").
+ *           FLAGS", "commit ID covered=SEQ alloc=SEQ", "inval_done ID BLOCK
+ *           COUNT", "copy_error ID BLOCK ERR", "allocated ID BLOCK DEV SECTOR
+ *           SEQ", "features ...") and per check ("bad ...").
  * -D MS     wait MS milliseconds before answering each COMMIT.
  * -I B,C    send DMU_MSG_INVALIDATE for blocks [B, B+C) after opening.
  * -R N      answer for runs of up to N blocks (DMU_FEATURE_MAP_RUN) where
  *           the answer may cover a run (not temp, error or copy-first),
  *           cut at max_run and at the end of the disk.
  * -x N      first write N random messages; report how many were accepted.
+ * -N        never acknowledge DMU_MSG_ALLOCATED (the kernel sends them
+ *           again to the next daemon).
  * -G        after FEATURES (id 0), ask again with GET_FEATURES (id 77).
  * -V        before answering the first map request, send malformed
  *           answers to it (each must fail with EINVAL) and log the result.
@@ -48,6 +57,9 @@ static FILE *logf;
 static struct dmu_features feat;
 static int fd;
 static __u32 run_blocks;
+static int no_ack;
+/* cow= mode: one byte per block, set once the block lives on dev 0. */
+static unsigned char *allocated;
 
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void logmsg(const char *fmt, ...)
@@ -75,7 +87,7 @@ static int send_msgs(const struct dmu_msg *m, size_t n)
 /* Malformed answers to @req; each must be rejected with EINVAL. */
 static void validate(const struct dmu_msg *req)
 {
-	struct dmu_msg bad[12], m;
+	struct dmu_msg bad[16], m;
 	int i, n = 0, r;
 
 	memset(&m, 0, sizeof(m));
@@ -97,6 +109,9 @@ static void validate(const struct dmu_msg *req)
 	bad[n] = m; bad[n++].reply.run = feat.nr_blocks - req->map.block + 1;	/* past the end */
 	bad[n] = m; bad[n].flags |= DMU_MAP_TEMPORARY; bad[n++].reply.run = 2;	/* temporary run */
 	bad[n] = m; bad[n].flags |= DMU_MAP_COPY_FIRST; bad[n++].reply.run = 2;	/* copy-first run */
+	bad[n] = m; bad[n++].flags = DMU_MAP_COW | DMU_MAP_WRITABLE;	/* COW, writable */
+	bad[n] = m; bad[n].flags = DMU_MAP_COW; bad[n++].reply.src_sector = ~0ULL - 1;	/* COW source past the end */
+	bad[n] = m; bad[n].type = DMU_MSG_ALLOCATED_ACK; bad[n++].id = 999999;	/* ack of nothing */
 	for (i = 0; i < n; i++) {
 		r = send_msgs(&bad[i], 1);
 		logmsg("bad %d %s", i, r == -EINVAL ? "rejected" : "ACCEPTED");
@@ -128,7 +143,7 @@ static void fuzz(long count)
 			p[j] = random();
 		/* Half of them with a valid type, to reach the validators. */
 		if (i & 1)
-			m.type = 0x81 + random() % 4;
+			m.type = 0x81 + random() % 5;
 		if (send_msgs(&m, 1) == 1)
 			accepted++;
 	}
@@ -162,9 +177,17 @@ static void answer_map(const struct dmu_msg *req, struct dmu_msg *rep,
 		rep->flags = DMU_MAP_ERROR;
 		rep->reply.sector = 0;
 		rep->reply.error = atoi(mode + 6);
-	} else if (!strncmp(mode, "copy=", 5)) {
-		__u32 src = atoi(mode + 5);
+	} else if (!strncmp(mode, "cow=", 4) && allocated[req->map.block]) {
+		rep->flags = DMU_MAP_WRITABLE;
+	} else if (!strncmp(mode, "cow=", 4) && !(req->flags & DMU_REQ_RO_FAULT)) {
+		rep->flags = DMU_MAP_COW;
+		rep->reply.src_dev = atoi(mode + 4);
+		rep->reply.src_sector = sector;
+	} else if (!strncmp(mode, "copy=", 5) || !strncmp(mode, "cow=", 4)) {
+		__u32 src = atoi(strchr(mode, '=') + 1);
 
+		if (write && allocated)
+			allocated[req->map.block] = 1;
 		if (write) {
 			rep->flags = DMU_MAP_WRITABLE;
 			if (!(req->flags & DMU_REQ_WHOLE_BLOCK)) {
@@ -187,6 +210,16 @@ static void answer_map(const struct dmu_msg *req, struct dmu_msg *rep,
 			run = feat.max_run;
 		if (run > left)
 			run = left;
+		/* A run must not answer an allocated block as unallocated, nor the reverse. */
+		if (allocated) {
+			__u32 i;
+
+			for (i = 1; i < run; i++)
+				if (allocated[req->map.block + i] !=
+				    allocated[req->map.block])
+					break;
+			run = i;
+		}
 		/* swap maps neighbours apart: never a run */
 		if (strcmp(mode, "swap"))
 			rep->reply.run = run;
@@ -201,7 +234,7 @@ int main(int argc, char **argv)
 	static struct dmu_msg in[BATCH], out[BATCH];
 	int opt, checked = 0, do_validate = 0, get_features = 0;
 
-	while ((opt = getopt(argc, argv, "m:l:D:I:R:x:VG")) != -1) {
+	while ((opt = getopt(argc, argv, "m:l:D:I:R:x:NVG")) != -1) {
 		switch (opt) {
 		case 'm':
 			mode = optarg;
@@ -224,6 +257,9 @@ int main(int argc, char **argv)
 		case 'x':
 			fuzz_count = atol(optarg);
 			break;
+		case 'N':
+			no_ack = 1;
+			break;
 		case 'V':
 			do_validate = 1;
 			break;
@@ -231,7 +267,7 @@ int main(int argc, char **argv)
 			get_features = 1;
 			break;
 		default:
-			fprintf(stderr, "usage: %s [-m MODE] [-l LOG] [-D MS] [-I B,C] [-R N] [-x N] [-V] [-G] DEV\n",
+			fprintf(stderr, "usage: %s [-m MODE] [-l LOG] [-D MS] [-I B,C] [-R N] [-x N] [-N] [-V] [-G] DEV\n",
 				argv[0]);
 			return 2;
 		}
@@ -269,12 +305,15 @@ int main(int argc, char **argv)
 			switch (m->type) {
 			case DMU_MSG_FEATURES:
 				feat = m->features;
-				logmsg("features id=%llu nr_blocks=%llu bs=%u devs=%u max_batch=%u max_run=%u reply_seq=%llu",
+				if (!strncmp(mode, "cow=", 4) && !allocated)
+					allocated = calloc(feat.nr_blocks, 1);
+				logmsg("features id=%llu nr_blocks=%llu bs=%u devs=%u max_batch=%u max_run=%u reply_seq=%llu bits=0x%llx",
 				       (unsigned long long)m->id,
 				       (unsigned long long)feat.nr_blocks,
 				       feat.block_sectors, feat.nr_devs,
 				       feat.max_batch, feat.max_run,
-				       (unsigned long long)feat.reply_seq);
+				       (unsigned long long)feat.reply_seq,
+				       (unsigned long long)feat.features);
 				if (fuzz_count) {
 					fuzz(fuzz_count);
 					fuzz_count = 0;
@@ -306,9 +345,10 @@ int main(int argc, char **argv)
 				answer_map(m, &out[nout++], mode);
 				break;
 			case DMU_MSG_COMMIT:
-				logmsg("commit %llu covered=%llu",
+				logmsg("commit %llu covered=%llu alloc=%llu",
 				       (unsigned long long)m->id,
-				       (unsigned long long)m->commit_req.covered_seq);
+				       (unsigned long long)m->commit_req.covered_seq,
+				       (unsigned long long)m->commit_req.covered_alloc);
 				if (commit_delay)
 					usleep(commit_delay * 1000);
 				memset(&out[nout], 0, sizeof(out[0]));
@@ -320,6 +360,21 @@ int main(int argc, char **argv)
 				       (unsigned long long)m->id,
 				       (unsigned long long)m->invalidate.block,
 				       (unsigned long long)m->invalidate.count);
+				break;
+			case DMU_MSG_ALLOCATED:
+				logmsg("allocated %llu %llu %u %llu %llu",
+				       (unsigned long long)m->id,
+				       (unsigned long long)m->allocated.block,
+				       m->allocated.dev,
+				       (unsigned long long)m->allocated.sector,
+				       (unsigned long long)m->allocated.alloc_seq);
+				if (allocated && m->allocated.block < feat.nr_blocks)
+					allocated[m->allocated.block] = 1;
+				if (no_ack)
+					break;
+				memset(&out[nout], 0, sizeof(out[0]));
+				out[nout].type = DMU_MSG_ALLOCATED_ACK;
+				out[nout++].id = m->id;
 				break;
 			case DMU_MSG_COPY_ERROR:
 				logmsg("copy_error %llu %llu %d",

@@ -8,6 +8,6 @@ import { runScenarios } from './target/run.js';
 
 for (const series of ['6.1', '6.12'] as const) {
 	t.test(`dm-userspace under fio and ext4 on ${series}`, async (t) => {
-		await runScenarios(t, series, ['fio.sh'], [{ sizeMiB: 64 }], 900);
+		await runScenarios(t, series, ['fio.sh'], [{ sizeMiB: 64 }, { sizeMiB: 64 }], 900);
 	});
 }

@@ -47,3 +47,18 @@ umount /mnt/fio
 check "ext4 is clean" e2fsck -fn /dev/mapper/fio
 stop_resp
 check "remove after load" dmsetup remove fio
+
+# The kernel's own copy on first write under load: 8 KiB blocks read from
+# vdb until fio's 4 KiB writes make the kernel copy and allocate them on
+# vda, with runs, evictions and reads of blocks being allocated at once.
+dmsetup create cwf --table "0 $SZ userspace cwf 16 2 max_mappings 2048 /dev/vda /dev/vdb"
+start_resp cwf $L/cwf.log -m cow=1 -R 64
+fio --name=cw --filename=/dev/mapper/cwf --rw=randrw --bs=4k --direct=1 \
+	--ioengine=libaio --iodepth=16 --numjobs=4 --size=12M --offset_increment=12M \
+	--verify=crc32c --verify_fatal=1 --group_reporting --output=$L/fio-cow.txt
+check "COW: fio randrw + verify, 4 jobs over 6144 blocks" eq $? 0
+check "COW: the kernel allocated thousands of blocks" ge "$(grep -c '^allocated ' $L/cwf.log)" 3000
+check "COW: and copied most of them" ge "$(st cwf copies)" 2000
+check "COW: nothing left pending" eq "$(st cwf pending)" 0
+stop_resp
+check "COW: remove after load" dmsetup remove cwf

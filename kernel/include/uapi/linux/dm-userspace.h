@@ -235,7 +235,8 @@ struct dmu_commit_done {
 
 /*
  * DMU_MSG_INVALIDATE, payload to kernel: forget the mappings of blocks
- * [block, block + count). Bios in flight to them finish first. Answered by
+ * [block, block + count), but allocations the daemon has not acknowledged
+ * yet (DMU_FEATURE_COW). Bios in flight to them finish first. Answered by
  * DMU_MSG_INVALIDATE_DONE (payload to userspace, same id and range) once no
  * bio uses a forgotten mapping any more.
  */

@@ -16,6 +16,7 @@ export function toReply(id: bigint, block: bigint, d: MapDecision): MapReplyMsg 
 		case 'zero':
 			return mapReply({ id, block, flags: MapFlag.ZERO | (d.temporary ? MapFlag.TEMPORARY : 0), run: runOf(d) });
 		case 'map': {
+			if (d.cow) return cowReply(id, block, d, d.cow);
 			let flags = 0;
 			if (d.writable) flags |= MapFlag.WRITABLE;
 			if (d.temporary) flags |= MapFlag.TEMPORARY;
@@ -35,23 +36,41 @@ export function toReply(id: bigint, block: bigint, d: MapDecision): MapReplyMsg 
 	}
 }
 
+/**
+ * A copy-on-write answer: in the header's terms the COW destination is
+ * (dev, sector) and the place reads use until then is the source. The
+ * mapping is neither writable nor durable until the kernel allocates it:
+ * COW goes alone, whatever the decision says about the read location.
+ */
+function cowReply(id: bigint, block: bigint, d: { dev: number; sector: bigint; run?: number }, cow: { dev: number; sector: bigint }): MapReplyMsg {
+	return mapReply({ id, block, flags: MapFlag.COW, dev: cow.dev, sector: cow.sector, srcDev: d.dev, srcSector: d.sector, run: runOf(d) });
+}
+
 /** Would the kernel remember `q`'s block as `r`'s run says it? */
 function sameAsRun(r: MapReplyMsg, q: MapReplyMsg, blockSectors: bigint): boolean {
 	if (q.flags !== r.flags || q.dev !== r.dev) return false;
-	return (r.flags & MapFlag.ZERO) !== 0 || q.sector === r.sector + (q.block - r.block) * blockSectors;
+	if ((r.flags & MapFlag.ZERO) !== 0) return true;
+	const step = (q.block - r.block) * blockSectors;
+	if (q.sector !== r.sector + step) return false;
+	// A COW run also reads each block one block further on its source.
+	return (r.flags & MapFlag.COW) === 0 || (q.srcDev === r.srcDev && q.srcSector === r.srcSector + step);
 }
 
 /**
  * Cut each run in a batch before the first block that another reply of
- * the same batch answers differently. The kernel already keeps a block's
- * own answer over a run's, but only while it still remembers it; within
- * one batch that is not guaranteed, so the batch must not contradict
- * itself. Replies that agree with the run (a sequential first read asks
- * for many neighbours at once) leave it whole.
+ * the same batch answers differently, or that the kernel allocated itself
+ * (`allocated`: the blocks of the batch's ALLOCATED messages, Feature.COW;
+ * a run worked out before such a message was applied may cover its
+ * block). The kernel already keeps a block's own mapping over a run's,
+ * but only while it still remembers it; within one batch that is not
+ * guaranteed, so the batch must not contradict itself. Replies that agree
+ * with the run (a sequential first read asks for many neighbours at once)
+ * leave it whole.
  */
-export function trimRuns(replies: readonly DaemonMessage[], blockSectors: bigint): DaemonMessage[] {
+export function trimRuns(replies: readonly DaemonMessage[], blockSectors: bigint, allocated: readonly bigint[] = []): DaemonMessage[] {
 	const maps = replies.filter((r): r is MapReplyMsg => r.type === MsgType.MAP_REPLY);
 	if (!maps.some((r) => r.run > 1)) return [...replies];
+	const cutAt = (r: MapReplyMsg, run: number): MapReplyMsg => ({ ...r, run: run > 1 ? run : 0 });
 	const byBlock = [...maps].sort((a, b) => (a.block < b.block ? -1 : a.block > b.block ? 1 : 0));
 	const firstAfter = (block: bigint): number => {
 		let lo = 0;
@@ -65,14 +84,12 @@ export function trimRuns(replies: readonly DaemonMessage[], blockSectors: bigint
 	};
 	return replies.map((r) => {
 		if (r.type !== MsgType.MAP_REPLY || r.run <= 1) return r;
-		const end = r.block + BigInt(r.run);
+		let end = r.block + BigInt(r.run);
+		for (const a of allocated) if (a > r.block && a < end) end = a;
 		for (let i = firstAfter(r.block); i < byBlock.length && byBlock[i]!.block < end; i++) {
 			const q = byBlock[i]!;
-			if (!sameAsRun(r, q, blockSectors)) {
-				const run = Number(q.block - r.block);
-				return { ...r, run: run > 1 ? run : 0 };
-			}
+			if (!sameAsRun(r, q, blockSectors)) return cutAt(r, Number(q.block - r.block));
 		}
-		return r;
+		return end < r.block + BigInt(r.run) ? cutAt(r, Number(end - r.block)) : r;
 	});
 }

@@ -7,10 +7,10 @@
 import type { Logger } from 'pino';
 import { ControlRejectError, type ControlDevice } from '../abi/control.js';
 import { Feature, MsgType, ReqFlag } from '../abi/constants.js';
-import { commitDone, type DaemonMessage, type DmuMessage, mapReply } from '../abi/messages.js';
+import { type AllocatedMsg, allocatedAck, type CommitMsg, commitDone, type DaemonMessage, type DmuMessage, mapReply } from '../abi/messages.js';
 import { MapFlag } from '../abi/constants.js';
 import { isDmuError } from '../errors.js';
-import type { Image, MapDecision } from '../plugins/types.js';
+import type { Image, MapDecision, MapRequest } from '../plugins/types.js';
 import type { DeviceCapacity } from './capacity.js';
 import { toReply, trimRuns } from './reply.js';
 
@@ -26,6 +26,8 @@ export interface WorkerStats {
 	batches: number;
 	maps: number;
 	commits: number;
+	/** ALLOCATED messages: blocks the kernel allocated on a COW answer's first write. */
+	allocations: number;
 	errors: number;
 }
 
@@ -43,11 +45,15 @@ export const DEFAULT_MAX_RUN = 256;
 /** A reply not (yet) accepted by the kernel: no flush covers its allocation. */
 const NEVER = 1n << 64n;
 
-/** A mapping whose metadata the image has still to commit. */
-const isUncommitted = (r: DaemonMessage) => r.type === MsgType.MAP_REPLY && (r.flags & (MapFlag.DURABLE | MapFlag.ERROR | MapFlag.ZERO)) === 0;
+/**
+ * A mapping whose metadata the image has still to commit. A COW answer
+ * allocates nothing: the kernel's ALLOCATED does, numbered apart.
+ */
+const isUncommitted = (r: DaemonMessage) =>
+	r.type === MsgType.MAP_REPLY && (r.flags & (MapFlag.DURABLE | MapFlag.ERROR | MapFlag.ZERO | MapFlag.COW)) === 0;
 
 export class Worker {
-	readonly stats: WorkerStats = { batches: 0, maps: 0, commits: 0, errors: 0 };
+	readonly stats: WorkerStats = { batches: 0, maps: 0, commits: 0, allocations: 0, errors: 0 };
 	#stopping = false;
 	#busy: Promise<void> | undefined;
 	/**
@@ -59,8 +65,20 @@ export class Worker {
 	#seq: bigint;
 	/** Blocks given as not yet durable, by the number of the reply that first did. */
 	#uncommitted = new Map<bigint, bigint>();
+	/**
+	 * Blocks the kernel allocated itself (Feature.COW), not yet committed,
+	 * by the allocation's number: a COMMIT covers them by coveredAlloc.
+	 */
+	#kernelAllocated = new Map<bigint, bigint>();
+	/**
+	 * The lowest number of an allocation the image failed to record (never
+	 * acknowledged): no flush covering it may succeed, its metadata is lost.
+	 */
+	#unrecorded: bigint | undefined;
 	/** Most blocks one answer may cover: 1 unless the kernel has Feature.MAP_RUN. */
 	readonly #maxRun: number;
+	/** Plugins may answer copy-on-write (MapRequest.cow). */
+	readonly #cow: boolean;
 
 	constructor(
 		readonly ctl: ControlDevice,
@@ -76,6 +94,10 @@ export class Worker {
 		const f = ctl.features;
 		const kernelMax = f.features !== undefined && (f.features & Feature.MAP_RUN) !== 0n ? Math.max(1, f.maxRun) : 1;
 		this.#maxRun = Math.max(1, Math.min(kernelMax, maxRunCap ?? DEFAULT_MAX_RUN));
+		// A COW answer promises the kernel may allocate: only into an image
+		// that is writable and can record what the kernel did.
+		const kernelCow = f.features !== undefined && (f.features & Feature.COW) !== 0n;
+		this.#cow = kernelCow && image.capabilities.write && typeof image.allocated === 'function';
 	}
 
 	async run(): Promise<WorkerEnd> {
@@ -119,7 +141,7 @@ export class Worker {
 			i = end;
 		}
 		if (replies.length === 0) return;
-		if (this.#maxRun > 1) replies = trimRuns(replies, BigInt(this.image.blockSize / 512));
+		if (this.#maxRun > 1) replies = trimRuns(replies, BigInt(this.image.blockSize / 512), allocatedBlocks(msgs));
 		let refused = new Set<DaemonMessage>();
 		try {
 			await this.ctl.writeBatch(replies);
@@ -145,12 +167,22 @@ export class Worker {
 	}
 
 	/**
-	 * Is `block`'s data covered by a flush that covers replies up to
-	 * `coveredSeq`? A block this worker never handed out was allocated by
-	 * the daemon before it, through a reply numbered at most #firstSeq.
+	 * Is `block`'s data covered by the COMMIT's flush? A block the kernel
+	 * allocated is when its allocation number is within coveredAlloc (and
+	 * any reply of ours that allocated it too is within coveredSeq); others
+	 * when the reply that handed them out is within coveredSeq. A block
+	 * this worker never handed out nor heard of was allocated by the daemon
+	 * before it, through a reply numbered at most #firstSeq (or by the
+	 * kernel, reported to and acknowledged by that daemon: see the gap in
+	 * the cowd section of docs/design.md).
 	 */
-	#covers(coveredSeq: bigint): (block: bigint) => boolean {
-		return (block) => (this.#uncommitted.get(block) ?? this.#firstSeq) <= coveredSeq;
+	#covers(m: CommitMsg): (block: bigint) => boolean {
+		return (block) => {
+			const byReply = this.#uncommitted.get(block);
+			const byKernel = this.#kernelAllocated.get(block);
+			if (byKernel === undefined) return (byReply ?? this.#firstSeq) <= m.coveredSeq;
+			return byKernel <= m.coveredAlloc && (byReply ?? 0n) <= m.coveredSeq;
+		};
 	}
 
 	/**
@@ -169,35 +201,57 @@ export class Worker {
 		return d;
 	}
 
+	/**
+	 * A COW answer the kernel was not offered, or one that mixes COW with
+	 * what the header forbids beside it, is a plugin bug: the caller fails
+	 * the I/O (a refused answer would too, with less said about why).
+	 */
+	#checkCow(req: MapRequest, d: MapDecision): MapDecision {
+		if (d.kind !== 'map' || d.cow === undefined) return d;
+		if (!req.cow) throw new Error('plugin answered copy-on-write, which this kernel or image was not offered');
+		if (d.writable || d.copyFrom !== undefined || d.temporary === true) {
+			throw new Error('plugin answered copy-on-write with a writable, copy-first or temporary mapping');
+		}
+		return d;
+	}
+
+	/** Make sure every sector the kernel may touch for `d` exists on its device. */
+	async #ensureCapacity(block: bigint, d: MapDecision & { kind: 'map' }): Promise<void> {
+		if (!this.capacity) return;
+		// As the kernel checks it: a short last block needs only its own sectors.
+		const bs = BigInt(this.image.blockSize / 512);
+		const left = diskSectors(this.image) - block * bs;
+		const span = bs * BigInt(d.run ?? 1);
+		const len = left < span ? left : span;
+		await this.capacity.ensure(d.dev, d.sector + len);
+		if (d.copyFrom) await this.capacity.ensure(d.copyFrom.dev, d.copyFrom.sector + len);
+		if (d.cow) await this.capacity.ensure(d.cow.dev, d.cow.sector + len);
+	}
+
 	async #handle(m: DmuMessage, asked: ReadonlySet<bigint>): Promise<DaemonMessage | undefined> {
 		switch (m.type) {
 			case MsgType.MAP: {
 				this.stats.maps++;
-				const req = {
+				const req: MapRequest = {
 					block: m.block,
 					write: (m.flags & ReqFlag.WRITE) !== 0,
 					wholeBlock: (m.flags & ReqFlag.WHOLE_BLOCK) !== 0,
 					roFault: (m.flags & ReqFlag.RO_FAULT) !== 0,
 					maxRun: asked.has(m.block + 1n) ? 1 : this.#maxRun,
 				};
+				if (this.#cow) req.cow = true;
 				let d: MapDecision;
 				try {
-					d = this.#checkRun(m.block, await this.image.map(req));
+					d = this.#checkRun(m.block, this.#checkCow(req, await this.image.map(req)));
 				} catch (e) {
 					this.stats.errors++;
 					this.log.error({ block: m.block, write: req.write, err: isDmuError(e) ? e.message : String(e) }, 'map failed: failing the I/O');
 					return mapReply({ id: m.id, block: m.block, flags: MapFlag.ERROR, error: EIO });
 				}
 				this.log.trace({ block: m.block, req, d }, 'map');
-				if (d.kind === 'map' && this.capacity) {
+				if (d.kind === 'map') {
 					try {
-						// As the kernel checks it: a short last block needs only its own sectors.
-						const bs = BigInt(this.image.blockSize / 512);
-						const left = diskSectors(this.image) - m.block * bs;
-						const span = bs * BigInt(d.run ?? 1);
-						const len = left < span ? left : span;
-						await this.capacity.ensure(d.dev, d.sector + len);
-						if (d.copyFrom) await this.capacity.ensure(d.copyFrom.dev, d.copyFrom.sector + len);
+						await this.#ensureCapacity(m.block, d);
 					} catch (e) {
 						this.stats.errors++;
 						this.log.error({ block: m.block, err: (e as Error).message }, 'mapping does not fit its device: failing the I/O');
@@ -209,18 +263,10 @@ export class Worker {
 				if (isUncommitted(reply) && !this.#uncommitted.has(m.block)) this.#uncommitted.set(m.block, NEVER);
 				return reply;
 			}
-			case MsgType.COMMIT: {
-				this.stats.commits++;
-				try {
-					await this.image.commit(this.#covers(m.coveredSeq));
-					for (const [block, seq] of this.#uncommitted) if (seq <= m.coveredSeq) this.#uncommitted.delete(block);
-					return commitDone(m.id, 0);
-				} catch (e) {
-					this.stats.errors++;
-					this.log.error({ err: (e as Error).message }, 'commit failed: failing the flush');
-					return commitDone(m.id, EIO);
-				}
-			}
+			case MsgType.COMMIT:
+				return this.#commit(m);
+			case MsgType.ALLOCATED:
+				return this.#recordAllocation(m);
 			case MsgType.COPY_ERROR:
 				// The kernel failed the bios and remembered nothing; the plugin
 				// must not keep an allocation that never received its data.
@@ -237,4 +283,55 @@ export class Worker {
 				return undefined;
 		}
 	}
+
+	/** Make durable the allocations the kernel's flush covered. */
+	async #commit(m: CommitMsg): Promise<DaemonMessage> {
+		this.stats.commits++;
+		if (this.#unrecorded !== undefined && this.#unrecorded <= m.coveredAlloc) {
+			// The kernel wrote the block's data; we could not note where: a
+			// flush said to cover it must not claim success.
+			this.stats.errors++;
+			this.log.error({ allocSeq: this.#unrecorded, coveredAlloc: m.coveredAlloc }, 'a covered kernel allocation was never recorded: failing the flush');
+			return commitDone(m.id, EIO);
+		}
+		try {
+			await this.image.commit(this.#covers(m));
+		} catch (e) {
+			this.stats.errors++;
+			this.log.error({ err: (e as Error).message }, 'commit failed: failing the flush');
+			return commitDone(m.id, EIO);
+		}
+		for (const [block, seq] of this.#uncommitted) if (seq <= m.coveredSeq) this.#uncommitted.delete(block);
+		for (const [block, seq] of this.#kernelAllocated) if (seq <= m.coveredAlloc) this.#kernelAllocated.delete(block);
+		return commitDone(m.id, 0);
+	}
+
+	/**
+	 * The kernel allocated a block on the first write to a COW answer:
+	 * have the image record it, then acknowledge (the kernel re-sends an
+	 * unacknowledged one to the next daemon, so a failure is not acked).
+	 * A block the image has already (a re-sent report) is acked as well.
+	 */
+	async #recordAllocation(m: AllocatedMsg): Promise<DaemonMessage | undefined> {
+		this.stats.allocations++;
+		try {
+			if (!this.image.allocated) throw new Error(`${this.image.format} images cannot record allocations made by the kernel`);
+			await this.image.allocated(m.block, m.dev, m.sector);
+		} catch (e) {
+			this.stats.errors++;
+			if (this.#unrecorded === undefined || m.allocSeq < this.#unrecorded) this.#unrecorded = m.allocSeq;
+			const err = isDmuError(e) ? e.message : String(e);
+			this.log.error({ block: m.block, dev: m.dev, sector: m.sector, allocSeq: m.allocSeq, err }, 'kernel allocation not recorded: flushes covering it will fail');
+			return undefined;
+		}
+		// The latest number, should a block ever be reported twice: its
+		// commit must wait for the later copy.
+		const known = this.#kernelAllocated.get(m.block);
+		if (known === undefined || known < m.allocSeq) this.#kernelAllocated.set(m.block, m.allocSeq);
+		this.log.trace({ block: m.block, allocSeq: m.allocSeq }, 'allocated by the kernel');
+		return allocatedAck(m.id);
+	}
 }
+
+/** Blocks a batch's ALLOCATED messages report: no run of that batch may cover them. */
+const allocatedBlocks = (msgs: readonly DmuMessage[]): bigint[] => msgs.flatMap((m) => (m.type === MsgType.ALLOCATED ? [m.block] : []));

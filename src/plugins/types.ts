@@ -13,6 +13,9 @@
  *    inside the device.
  *  - map() may allocate (write metadata in memory or on disk) but the
  *    metadata only has to be durable after commit() resolves.
+ *  - With Feature.COW the kernel may allocate too: a `cow` answer names
+ *    where a block goes, and its first write puts it there and calls
+ *    allocated(); from then on it is the image's like a map() allocation.
  *  - Errors meant for the user are thrown as DmuError (src/errors.ts) with
  *    one clear line; anything else is a bug.
  */
@@ -33,6 +36,12 @@ export interface MapRequest {
 	 * block only (a kernel without Feature.MAP_RUN).
 	 */
 	maxRun?: number;
+	/**
+	 * The kernel takes copy-on-write answers (MapDecision.cow): set by cowd
+	 * only when the kernel has Feature.COW and the image is writable and
+	 * implements allocated(). Absent: never answer with `cow`.
+	 */
+	cow?: boolean;
 }
 
 /** Where the block lives, as the kernel will remember it. */
@@ -56,8 +65,22 @@ export type MapDecision =
 			 * change unless the kernel asks about them: a block being
 			 * allocated, or allocated before, must not be in a run that
 			 * says otherwise. Saves a round trip per block on first reads.
+			 * With `cow`, block + i reads at sector + i * blockSectors and is
+			 * allocated at cow.sector + i * blockSectors.
 			 */
 			run?: number;
+			/**
+			 * Copy on write, done by the kernel (only when MapRequest.cow):
+			 * reads use (dev, sector), read-only, until the first write;
+			 * that write makes the kernel allocate the block at (cow.dev,
+			 * cow.sector), copying (dev, sector) into it unless the write
+			 * covers the whole block, and report it with Image.allocated().
+			 * Nothing is allocated by the answer itself: the image must not
+			 * record the block until allocated() says so. Give it with
+			 * writable false, and without copyFrom or temporary. Saves the
+			 * round trip of the first write, which dm-snapshot never pays.
+			 */
+			cow?: { dev: number; sector: bigint };
 	  }
 	/** Reads return zeros; never writable (a write faults back). */
 	| { kind: 'zero'; temporary?: boolean; run?: number }
@@ -130,6 +153,17 @@ export interface Image {
 	 * never received.
 	 */
 	copyFailed?(block: bigint): Promise<void>;
+	/**
+	 * Optional, required to be offered MapRequest.cow: a write to a `cow`
+	 * answer made the kernel allocate `block` at (dev, sector), the place
+	 * that answer named. Record it as map() records an allocation (not
+	 * durable until a commit() covers the block) before resolving: cowd
+	 * then acknowledges it and the kernel stops re-sending it. The kernel
+	 * may report an allocation again to a new daemon (the old one died
+	 * before acknowledging): one the image already has is no error. Throws
+	 * DmuError when (dev, sector) is not where the block belongs.
+	 */
+	allocated?(block: bigint, dev: number, sector: bigint): Promise<void>;
 }
 
 export interface OpenOptions {

@@ -5,18 +5,24 @@
  * check what the worker promises: maps may be answered concurrently, a
  * COMMIT is a barrier in its batch, and a COMMIT makes durable exactly the
  * allocations of the replies its coveredSeq covers (the kernel numbers the
- * replies it accepts, starting after FEATURES.replySeq).
+ * replies it accepts, starting after FEATURES.replySeq). With Feature.COW:
+ * COW replies as the header lays them out, ALLOCATED recorded and
+ * acknowledged, and kernel allocations committed by coveredAlloc.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import t from 'tap';
 import type { ControlDevice } from '../../src/abi/control.js';
 import { Feature, MapFlag, MsgType, ReqFlag } from '../../src/abi/constants.js';
-import type { DaemonMessage, DmuMessage, KernelMessage } from '../../src/abi/messages.js';
+import { decodeBatch, encodeBatch, encodeMessage } from '../../src/abi/codec.js';
+import { type DaemonMessage, type DmuMessage, type KernelMessage, mapReply } from '../../src/abi/messages.js';
+import type { DeviceCapacity } from '../../src/cowd/capacity.js';
+import { toReply, trimRuns } from '../../src/cowd/reply.js';
 import { Worker } from '../../src/cowd/worker.js';
 import { plugin } from '../../src/plugins/dscow/index.js';
+import type { Image, MapDecision, MapRequest } from '../../src/plugins/types.js';
 
 /** Replays batches (after an optional check before each), collects answers, ends like a removed target. */
 class ScriptedControl {
@@ -28,8 +34,10 @@ class ScriptedControl {
 		replySeq = 0n,
 		private readonly before: (batch: number) => Promise<void> = async () => {},
 		maxRun = 0,
+		/** More feature bits (Feature.COW). */
+		more = 0n,
 	) {
-		this.features = { replySeq, features: maxRun ? Feature.MAP_RUN : 0n, maxRun };
+		this.features = { replySeq, features: (maxRun ? Feature.MAP_RUN : 0n) | more, maxRun };
 	}
 	async readBatch(): Promise<DmuMessage[]> {
 		const i = this.#next++;
@@ -151,4 +159,233 @@ t.test('runs: offered when the kernel has MAP_RUN, cut where the same batch allo
 	t.same(await runs(8, [read(1, 10)]), [3], 'and later runs stop there too (the block is allocated)');
 	// A sequential read: the kernel stops each run at the next asked block, so only the last one is worked out.
 	t.same(await runs(8, [read(1, 20), read(2, 21), read(3, 22)]), [0, 0, 8], 'neighbours asked together: only the last gets a run');
+});
+
+/* Copy on write in the kernel (Feature.COW). */
+
+const BLOCK_SECTORS = 128n; // 64 KiB blocks
+/** Where dscow keeps block N in these images (first block at 64 KiB), and where the base has it. */
+const imageSector = (block: number) => (65536n + BigInt(block) * 65536n) / 512n;
+const baseSector = (block: number) => BigInt(block) * BLOCK_SECTORS;
+const readReq = (id: number, block: number): KernelMessage => ({ type: MsgType.MAP, flags: 0, id: BigInt(id), block: BigInt(block) });
+const allocated = (id: number, block: number, allocSeq: bigint, sector = imageSector(block), dev = 0): KernelMessage => ({
+	type: MsgType.ALLOCATED,
+	flags: 0,
+	id: BigInt(id),
+	block: BigInt(block),
+	sector,
+	allocSeq,
+	dev,
+});
+const commitAlloc = (id: number, coveredSeq: bigint, coveredAlloc: bigint): KernelMessage => ({
+	type: MsgType.COMMIT,
+	flags: 0,
+	id: BigInt(id),
+	coveredSeq,
+	coveredAlloc,
+});
+const byId = (answers: DaemonMessage[], id: number) => answers.find((a) => a.id === BigInt(id));
+const silent = pino({ level: 'silent' });
+
+/** A dscow image over a 4 MiB base (64 blocks), closed at the end of the test. */
+async function cowImage(t: { teardown(fn: () => unknown): void }, opts: { readOnly?: boolean } = {}) {
+	const dir = await mkdtemp(join(tmpdir(), 'cowd-worker-cow-'));
+	t.teardown(() => rm(dir, { recursive: true, force: true }));
+	const path = join(dir, 'disk.dscow');
+	const base = join(dir, 'base.img');
+	await writeFile(base, Buffer.alloc(4 << 20, 0x5a));
+	await plugin.create(path, { base });
+	const image = await plugin.open(path, opts);
+	t.teardown(() => image.close());
+	return { path, image };
+}
+
+/** Serve `batches` with a worker; the answers flat, in order. */
+async function serve(
+	image: Image,
+	batches: KernelMessage[][],
+	o: { features?: bigint; maxRun?: number; before?: (i: number) => Promise<void>; capacity?: DeviceCapacity } = {},
+) {
+	const ctl = new ScriptedControl(batches, 0n, o.before, o.maxRun ?? 0, o.features ?? 0n);
+	const worker = new Worker(ctl as unknown as ControlDevice, image, silent, o.capacity);
+	await worker.run();
+	return { answers: ctl.written.flat(), worker };
+}
+
+/** The image as a plugin without allocated() (unless `record`), or one whose map() says something else. */
+function wrapped(image: Image, map: Image['map'] = (r) => image.map(r), record = false): Image & { asked: MapRequest[] } {
+	const asked: MapRequest[] = [];
+	return {
+		...(record ? { allocated: (b: bigint, dev: number, sector: bigint) => image.allocated!(b, dev, sector) } : {}),
+		format: image.format,
+		virtualSize: image.virtualSize,
+		blockSize: image.blockSize,
+		devices: image.devices,
+		capabilities: image.capabilities,
+		map: (r) => {
+			asked.push(r);
+			return map(r);
+		},
+		commit: (c) => image.commit(c),
+		close: () => image.close(),
+		asked,
+	};
+}
+
+t.test('COW answers only when the kernel has Feature.COW and the image can take them', async (t) => {
+	const batch = () => [readReq(1, 2), write(2, 5, false), write(3, 6, true)];
+	const flagsOf = (answers: DaemonMessage[]) => answers.map((a) => a.flags);
+
+	const plain = await serve((await cowImage(t)).image, [batch()]);
+	t.same(flagsOf(plain.answers), [MapFlag.DURABLE, MapFlag.WRITABLE | MapFlag.COPY_FIRST, MapFlag.WRITABLE], 'no Feature.COW: base read, copy-first, allocation');
+
+	const cow = await serve((await cowImage(t)).image, [batch()], { features: Feature.COW });
+	t.same(flagsOf(cow.answers), [MapFlag.COW, MapFlag.COW, MapFlag.COW], 'Feature.COW: COW alone for the read and both writes');
+	for (const [i, block] of [2, 5, 6].entries()) {
+		t.match(cow.answers[i], { block: BigInt(block), dev: 0, sector: imageSector(block), srcDev: 1, srcSector: baseSector(block) }, `block ${block}: destination in the image, source in the base`);
+	}
+
+	const ro = await serve((await cowImage(t, { readOnly: true })).image, [[readReq(1, 2)]], { features: Feature.COW });
+	t.same(flagsOf(ro.answers), [MapFlag.DURABLE], 'read-only image: no COW');
+
+	const noRecord = wrapped((await cowImage(t)).image);
+	const nr = await serve(noRecord, [batch()], { features: Feature.COW });
+	t.same(flagsOf(nr.answers), [MapFlag.DURABLE, MapFlag.WRITABLE | MapFlag.COPY_FIRST, MapFlag.WRITABLE], 'image without allocated(): no COW');
+	t.ok(noRecord.asked.every((r) => r.cow !== true), 'and the plugin was not offered it');
+});
+
+t.test('a COW reply on the wire: flag, destination, source, run', async (t) => {
+	const { image } = await cowImage(t);
+	const { answers } = await serve(image, [[readReq(7, 2)]], { features: Feature.COW, maxRun: 8 });
+	t.equal(answers.length, 1);
+	const b = encodeMessage(answers[0]!);
+	// struct dmu_msg: type, flags, id; struct dmu_map_reply from byte 16.
+	t.equal(b.readUInt32LE(0), 0x82, 'DMU_MSG_MAP_REPLY');
+	t.equal(b.readUInt32LE(4), 1 << 6, 'flags: DMU_MAP_COW alone');
+	t.equal(b.readBigUInt64LE(8), 7n, 'id of the request');
+	t.equal(b.readBigUInt64LE(16), 2n, 'block');
+	t.equal(b.readBigUInt64LE(24), imageSector(2), 'sector: the COW destination in the image');
+	t.equal(b.readBigUInt64LE(32), baseSector(2), 'src_sector: where reads go until the first write');
+	t.equal(b.readUInt32LE(40), 0, 'dev: the image');
+	t.equal(b.readUInt32LE(44), 1, 'src_dev: the base');
+	t.equal(b.readInt32LE(48), 0, 'error');
+	t.equal(b.readUInt32LE(52), 8, 'run: a COW answer may cover a run (not cut to one block)');
+	t.ok(b.subarray(56).equals(Buffer.alloc(8)), 'reserved bytes zero');
+});
+
+t.test('toReply and trimRuns with COW answers', async (t) => {
+	const r = toReply(3n, 10n, { kind: 'map', dev: 1, sector: 80n, writable: false, durable: true, cow: { dev: 0, sector: 1080n }, run: 4 });
+	t.match(r, { type: MsgType.MAP_REPLY, flags: MapFlag.COW, block: 10n, dev: 0, sector: 1080n, srcDev: 1, srcSector: 80n, run: 4 });
+	t.same(decodeBatch(encodeBatch([r])), [r], 'survives the codec');
+	const cowAt = (block: bigint, src: { dev: number; sector: bigint }, run = 0) =>
+		mapReply({ id: block, block, flags: MapFlag.COW, dev: 0, sector: 1000n + block * 8n, srcDev: src.dev, srcSector: src.sector, run });
+	const runOf = (out: DaemonMessage[]) => (out[0] as { run: number }).run;
+	const run = cowAt(10n, { dev: 1, sector: 80n }, 4);
+	t.equal(runOf(trimRuns([run, cowAt(12n, { dev: 1, sector: 96n })], 8n)), 4, 'a neighbour with the same destination and source steps: run kept');
+	t.equal(runOf(trimRuns([run, cowAt(12n, { dev: 1, sector: 500n })], 8n)), 2, 'another source sector: cut before it');
+	t.equal(runOf(trimRuns([run, cowAt(12n, { dev: 2, sector: 96n })], 8n)), 2, 'another source device: cut before it');
+	t.equal(runOf(trimRuns([run], 8n, [13n])), 3, 'cut before a block the batch reports allocated by the kernel');
+	t.equal(runOf(trimRuns([run], 8n, [11n])), 0, 'a run of one is no run');
+	t.equal(runOf(trimRuns([run], 8n, [10n, 14n, 9n])), 4, 'allocations outside the run (or of its own block) do not cut it');
+});
+
+t.test('ALLOCATED: recorded by the image, acknowledged with its id, a barrier in its batch', async (t) => {
+	const { image } = await cowImage(t);
+	const calls: Array<[bigint, number, bigint]> = [];
+	const record = image.allocated!.bind(image);
+	image.allocated = async (block, dev, sector) => {
+		calls.push([block, dev, sector]);
+		// Slow to record: a read let through before it finished would see the base.
+		await new Promise((r) => setTimeout(r, 20));
+		return record(block, dev, sector);
+	};
+	// The read of block 3 comes after the kernel allocated it: it must see the allocation.
+	const { answers, worker } = await serve(image, [[allocated(10, 3, 1n), readReq(11, 3)], [allocated(12, 3, 1n)]], { features: Feature.COW });
+	t.same(calls, [[3n, 0, imageSector(3)], [3n, 0, imageSector(3)]], 'image.allocated(block, dev, sector), each time');
+	t.match(byId(answers, 10), { type: MsgType.ALLOCATED_ACK, flags: 0 }, 'acknowledged with the id of the ALLOCATED');
+	t.match(byId(answers, 11), { type: MsgType.MAP_REPLY, flags: MapFlag.WRITABLE, dev: 0, sector: imageSector(3) }, 'the later read sees the block allocated');
+	t.match(byId(answers, 12), { type: MsgType.ALLOCATED_ACK }, 'a report of a block already recorded (re-sent to a new daemon) is acknowledged too');
+	t.same(answers.map((a) => a.id), [10n, 11n, 12n], 'answers in order');
+	t.equal(worker.stats.errors, 0, 'no error');
+	t.equal(worker.stats.allocations, 2);
+});
+
+t.test('a COW run worked out before an ALLOCATED of the same batch stops before its block', async (t) => {
+	const { image } = await cowImage(t);
+	const { answers } = await serve(image, [[readReq(1, 0), allocated(2, 3, 1n)]], { features: Feature.COW, maxRun: 8 });
+	t.match(byId(answers, 1), { flags: MapFlag.COW, run: 3 }, 'blocks 0-2 only: block 3 now lives in the image');
+	const later = await serve(image, [[readReq(3, 0)]], { features: Feature.COW, maxRun: 8 });
+	t.match(later.answers, [{ flags: MapFlag.COW, run: 3 }], 'as a later answer does by itself');
+});
+
+t.test('a COMMIT covers kernel allocations up to coveredAlloc, whatever coveredSeq says', async (t) => {
+	const { path, image } = await cowImage(t);
+	const seen: bigint[] = [];
+	const batches = [
+		[allocated(1, 0, 1n), allocated(2, 1, 2n), allocated(3, 2, 3n)],
+		[commitAlloc(4, 1000n, 0n)],
+		[commitAlloc(5, 0n, 2n)],
+		[allocated(6, 3, 4n), commitAlloc(7, 0n, 3n)],
+		[allocated(8, 4, 5n), commitAlloc(9, 0n, 5n)],
+	];
+	const { answers } = await serve(image, batches, { features: Feature.COW, before: async () => void seen.push(await onDisk(path)) });
+	seen.push(await onDisk(path));
+	// Before batch 0, 1, 2, 3, 4, and at the end.
+	t.same(seen, [0n, 0n, 0n, 2n, 3n, 5n], 'by coveredAlloc: none for 0 (not for coveredSeq 1000), 2, 3 (not the 4th), then all 5 (same batch)');
+	t.ok(answers.filter((a) => a.type === MsgType.COMMIT_DONE).every((a) => (a as { error: number }).error === 0), 'every commit succeeded');
+	t.equal(answers.filter((a) => a.type === MsgType.ALLOCATED_ACK).length, 5, 'every allocation acknowledged');
+});
+
+t.test('an allocation the image cannot record: not acknowledged, and a flush covering it fails', async (t) => {
+	const { path, image } = await cowImage(t);
+	const wrong = allocated(1, 3, 7n, imageSector(4));
+	const { answers, worker } = await serve(image, [[allocated(5, 2, 6n), wrong], [commitAlloc(2, 0n, 6n)], [commitAlloc(3, 0n, 7n)]], {
+		features: Feature.COW,
+	});
+	t.notOk(byId(answers, 1), 'the refused allocation is not acknowledged');
+	t.match(byId(answers, 5), { type: MsgType.ALLOCATED_ACK }, 'the good one is');
+	t.match(byId(answers, 2), { type: MsgType.COMMIT_DONE, error: 0 }, 'a flush before it succeeds');
+	t.match(byId(answers, 3), { type: MsgType.COMMIT_DONE, error: 5 }, 'a flush covering it fails (EIO)');
+	t.equal(await onDisk(path), 1n, 'block 2 committed, block 3 never recorded');
+	t.ok(worker.stats.errors >= 2, 'errors counted');
+
+	const noRecord = wrapped((await cowImage(t)).image);
+	const nr = await serve(noRecord, [[allocated(1, 2, 1n), commitAlloc(2, 0n, 1n)]], { features: Feature.COW });
+	t.notOk(byId(nr.answers, 1), 'an image without allocated(): not acknowledged');
+	t.match(byId(nr.answers, 2), { error: 5 }, 'and the flush covering it fails');
+});
+
+t.test('a COW answer the kernel was not offered, or mixed with other flags, fails the I/O', async (t) => {
+	const { image } = await cowImage(t);
+	const cowAnswer = (extra: object) => async (r: MapRequest): Promise<MapDecision> => ({
+		kind: 'map',
+		dev: 1,
+		sector: r.block * BLOCK_SECTORS,
+		writable: false,
+		cow: { dev: 0, sector: imageSector(Number(r.block)) },
+		...extra,
+	});
+	const notOffered = await serve(wrapped(image, cowAnswer({})), [[readReq(1, 2)]]);
+	t.match(notOffered.answers, [{ flags: MapFlag.ERROR, error: 5 }], 'no Feature.COW: EIO');
+	const writable = await serve(wrapped(image, cowAnswer({ writable: true })), [[readReq(1, 2)]], { features: Feature.COW });
+	t.match(writable.answers, [{ flags: MapFlag.ERROR, error: 5 }], 'COW and writable: EIO');
+	const copy = await serve(wrapped(image, cowAnswer({ copyFrom: { dev: 1, sector: 0n } })), [[readReq(1, 2)]], { features: Feature.COW });
+	t.match(copy.answers, [{ flags: MapFlag.ERROR, error: 5 }], 'COW and copy-first: EIO');
+	const good = await serve(wrapped(image, cowAnswer({}), true), [[readReq(1, 2)]], { features: Feature.COW });
+	t.match(good.answers, [{ flags: MapFlag.COW }], 'and offered, alone: passed on');
+});
+
+t.test('device capacity: the read location and the destination, for the whole run', async (t) => {
+	const { image } = await cowImage(t);
+	const ensured: Array<[number, bigint]> = [];
+	const capacity = { ensure: async (dev: number, end: bigint) => void ensured.push([dev, end]) } as unknown as DeviceCapacity;
+	await serve(image, [[readReq(1, 2)]], { features: Feature.COW, maxRun: 8, capacity });
+	t.same(
+		ensured,
+		[
+			[1, baseSector(2) + 8n * BLOCK_SECTORS],
+			[0, imageSector(2) + 8n * BLOCK_SECTORS],
+		],
+		'base up to the end of the run, image up to the end of the run',
+	);
 });

@@ -17,6 +17,12 @@
  * (dmu check exit 3), and because it may sit in a hole we would otherwise
  * trust to read zeros, an image opened after a crash zero-fills a new block
  * itself when no copy-first will overwrite it.
+ *
+ * Copy on write in the kernel (MapRequest.cow): an unwritten block over
+ * the base is answered "read the base; a write allocates at your place in
+ * the image" without touching the bitmap. The kernel copies and reports
+ * the allocation (allocated()), which is then recorded and committed like
+ * one of ours; the commit that covers it comes after the kernel's copy.
  */
 import { type FileHandle, open } from 'node:fs/promises';
 import { dirname, resolve, sep } from 'node:path';
@@ -29,6 +35,9 @@ import { type Header, decodeHeader, dataEnd, encodeHeader, FLAG_CLEAN, HEADER_SI
 
 const EIO = 5;
 const EROFS = 30;
+/** Device indexes (see the top of this file). */
+const IMAGE_DEV = 0;
+const BASE_DEV = 1;
 
 const under = (path: string, dir: string) => path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
 
@@ -228,15 +237,11 @@ export class DscowImage implements Image {
 			return { kind: 'map', dev: 0, sector: this.#imageSector(block), writable: !this.readOnly, durable, run };
 		}
 		const src = await this.#source(block);
+		if (req.cow && !this.readOnly && src?.dev === BASE_DEV) return this.#cowAnswer(block, src.sector, req.maxRun);
 		if (!req.write) {
 			// Unwritten neighbours read the base (up to its last whole block) or zeros after it.
-			const bs = BigInt(this.blockSize);
-			const unwritten = (end: bigint) => {
-				const first = Number(block);
-				return 1 + this.bitmap.clearUpTo(first + 1, Math.min(first + (req.maxRun ?? 1), Number(end)));
-			};
-			if (!src) return { kind: 'zero', run: unwritten(count) };
-			const run = src.dev === 1 ? unwritten(this.header.base.size / bs) : 1;
+			if (!src) return { kind: 'zero', run: this.#unwritten(block, req.maxRun, count) };
+			const run = src.dev === BASE_DEV ? this.#unwritten(block, req.maxRun, this.#baseWholeBlocks()) : 1;
 			return { kind: 'map', dev: src.dev, sector: src.sector, writable: false, durable: true, run };
 		}
 		if (this.readOnly) return { kind: 'error', errno: EROFS };
@@ -247,6 +252,54 @@ export class DscowImage implements Image {
 		const d: MapDecision = { kind: 'map', dev: 0, sector: this.#imageSector(block), writable: true, durable: false };
 		if (src && !req.wholeBlock) d.copyFrom = src;
 		return d;
+	}
+
+	/** Blocks from `block` on (at most `maxRun`, before `end`) with their bit clear. */
+	#unwritten(block: bigint, maxRun: number | undefined, end: bigint): number {
+		const first = Number(block);
+		return 1 + this.bitmap.clearUpTo(first + 1, Math.min(first + (maxRun ?? 1), Number(end)));
+	}
+
+	/** Blocks the base holds whole (its partial last block, if any, is not one of them). */
+	#baseWholeBlocks(): bigint {
+		return this.header.base.size / BigInt(this.blockSize);
+	}
+
+	/**
+	 * An unwritten block over the base, for reads and writes alike: read the
+	 * base until the first write, which the kernel turns into the block's
+	 * allocation at its fixed place in the image (allocated() records it).
+	 * Nothing is allocated here, so the bit stays clear; the run covers the
+	 * unwritten neighbours, each allocated at its own place (one block
+	 * further in the image as in the base). The partial last base block
+	 * (scratch) and blocks past the base (zeros) keep the copy-first path:
+	 * the kernel would copy from a place they do not have.
+	 */
+	#cowAnswer(block: bigint, baseSector: bigint, maxRun: number | undefined): MapDecision {
+		const run = this.#unwritten(block, maxRun, this.#baseWholeBlocks());
+		const cow = { dev: IMAGE_DEV, sector: this.#imageSector(block) };
+		return { kind: 'map', dev: BASE_DEV, sector: baseSector, writable: false, durable: true, cow, run };
+	}
+
+	/**
+	 * The kernel allocated `block` on the first write to a cow answer.
+	 * Recorded like map()'s allocations: the bit now, the live bitmap
+	 * before resolving (a new daemon resuming still knows it), the
+	 * committed bitmap by the commit that covers its allocation. A
+	 * re-sent report of a block already recorded changes nothing.
+	 */
+	async allocated(block: bigint, dev: number, sector: bigint): Promise<void> {
+		if (this.readOnly) throw new DmuError('DMU_ERR_READ_ONLY', `${this.path}: the kernel allocated block ${block} in a read-only image`);
+		if (block < 0n || block >= this.header.blockCount || dev !== IMAGE_DEV || sector !== this.#imageSector(block)) {
+			throw new DmuError(
+				'DMU_ERR_COW',
+				`${this.path}: the kernel allocated block ${block} at device ${dev} sector ${sector}, not where dscow keeps it`,
+			);
+		}
+		if (this.bitmap.get(block)) return;
+		this.bitmap.set(block);
+		this.#pending.add(block);
+		await this.#recordLive(block);
 	}
 
 	/**

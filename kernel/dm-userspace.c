@@ -1335,6 +1335,7 @@ void dmu_fill_features(struct dmu_target *t, struct dmu_msg *msg, u64 id)
 	msg->features.max_batch = DMU_MAX_BATCH;
 	msg->features.max_run = DMU_MAX_RUN;
 	msg->features.reply_seq = READ_ONCE(t->reply_seq);
+	msg->features.alloc_seq = READ_ONCE(t->alloc_seq);
 }
 
 static int dmu_get_features(struct dmu_target *t, const struct dmu_msg *msg)

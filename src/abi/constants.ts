@@ -183,7 +183,7 @@ export const Payload = {
 			u32('maxBatch', 24, 'max_batch'),
 			u32('maxRun', 28, 'max_run'),
 			u64('replySeq', 32, 'reply_seq'),
-			rsv('reserved', 40, 8),
+			u64('allocSeq', 40, 'alloc_seq'),
 		],
 	},
 	/** struct dmu_map_request (MAP). */

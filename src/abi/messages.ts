@@ -32,6 +32,8 @@ export interface FeaturesMsg extends Header<typeof MsgType.FEATURES> {
 	readonly maxRun: number;
 	/** Feature.COMMIT_SEQ: number of the last MAP_REPLY the kernel accepted (0: none yet). */
 	readonly replySeq: bigint;
+	/** Feature.COW: number of the last allocation the kernel made itself (0: none yet). */
+	readonly allocSeq: bigint;
 }
 
 /** "Where does this block live?" flags: ReqFlag.*. */

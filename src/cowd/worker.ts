@@ -62,6 +62,8 @@ export class Worker {
 	 * was when this worker opened the device.
 	 */
 	readonly #firstSeq: bigint;
+	/** FEATURES.allocSeq: the last allocation the kernel made before this worker (Feature.COW). */
+	readonly #firstAlloc: bigint;
 	#seq: bigint;
 	/** Blocks given as not yet durable, by the number of the reply that first did. */
 	#uncommitted = new Map<bigint, bigint>();
@@ -90,6 +92,7 @@ export class Worker {
 		maxRunCap?: number,
 	) {
 		this.#firstSeq = ctl.features.replySeq;
+		this.#firstAlloc = ctl.features.allocSeq ?? 0n;
 		this.#seq = this.#firstSeq;
 		const f = ctl.features;
 		const kernelMax = f.features !== undefined && (f.features & Feature.MAP_RUN) !== 0n ? Math.max(1, f.maxRun) : 1;
@@ -171,17 +174,18 @@ export class Worker {
 	 * allocated is when its allocation number is within coveredAlloc (and
 	 * any reply of ours that allocated it too is within coveredSeq); others
 	 * when the reply that handed them out is within coveredSeq. A block
-	 * this worker never handed out nor heard of was allocated by the daemon
-	 * before it, through a reply numbered at most #firstSeq (or by the
-	 * kernel, reported to and acknowledged by that daemon: see the gap in
-	 * the cowd section of docs/design.md).
+	 * this worker never handed out nor heard of was allocated before it,
+	 * by the daemon through a reply numbered at most #firstSeq or by the
+	 * kernel in an allocation numbered at most #firstAlloc (reported to
+	 * and acknowledged by that daemon): it needs both numbers covered.
 	 */
 	#covers(m: CommitMsg): (block: bigint) => boolean {
+		const before = this.#firstSeq <= m.coveredSeq && this.#firstAlloc <= m.coveredAlloc;
 		return (block) => {
 			const byReply = this.#uncommitted.get(block);
 			const byKernel = this.#kernelAllocated.get(block);
-			if (byKernel === undefined) return (byReply ?? this.#firstSeq) <= m.coveredSeq;
-			return byKernel <= m.coveredAlloc && (byReply ?? 0n) <= m.coveredSeq;
+			if (byKernel !== undefined) return byKernel <= m.coveredAlloc && (byReply ?? 0n) <= m.coveredSeq;
+			return byReply === undefined ? before : byReply <= m.coveredSeq;
 		};
 	}
 
@@ -239,7 +243,9 @@ export class Worker {
 					roFault: (m.flags & ReqFlag.RO_FAULT) !== 0,
 					maxRun: asked.has(m.block + 1n) ? 1 : this.#maxRun,
 				};
-				if (this.#cow) req.cow = true;
+				// A write the kernel could not allocate itself (no memory for
+				// the mapping) comes back as a fault: allocate it here.
+				if (this.#cow && !req.roFault) req.cow = true;
 				let d: MapDecision;
 				try {
 					d = this.#checkRun(m.block, this.#checkCow(req, await this.image.map(req)));

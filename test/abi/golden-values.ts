@@ -18,6 +18,7 @@ export const GOLDEN_MESSAGES = {
 		maxBatch: 0x100,
 		maxRun: 0x1000,
 		replySeq: 0x0000000a0b0c0d0en,
+		allocSeq: 0x0000000f10111213n,
 	},
 	MAP: { type: MsgType.MAP, flags: ReqFlag.WRITE | ReqFlag.WHOLE_BLOCK, id: 0x0102030405060708n, block: 0x1112131415161718n },
 	COMMIT: { type: MsgType.COMMIT, flags: 0, id: 0x2122232425262728n, coveredSeq: 0x2a2b2c2dn, coveredAlloc: 0x2e2f3031n },

@@ -54,7 +54,7 @@ CHECK_FIELD(dmu_features, nr_devs, 20, 4);
 CHECK_FIELD(dmu_features, max_batch, 24, 4);
 CHECK_FIELD(dmu_features, max_run, 28, 4);
 CHECK_FIELD(dmu_features, reply_seq, 32, 8);
-CHECK_FIELD(dmu_features, reserved, 40, 8);
+CHECK_FIELD(dmu_features, alloc_seq, 40, 8);
 
 CHECK_FIELD(dmu_map_request, block, 0, 8);
 CHECK_FIELD(dmu_map_request, reserved, 8, 40);
@@ -185,7 +185,7 @@ int main(void)
 	FIELD(dmu_features, max_batch);
 	FIELD(dmu_features, max_run);
 	FIELD(dmu_features, reply_seq);
-	FIELD(dmu_features, reserved);
+	FIELD(dmu_features, alloc_seq);
 	FIELD(dmu_map_request, block);
 	FIELD(dmu_map_request, reserved);
 	FIELD(dmu_map_reply, block);
@@ -234,6 +234,7 @@ int main(void)
 	m.features.max_batch = 0x100;
 	m.features.max_run = 0x1000;
 	m.features.reply_seq = 0x0000000a0b0c0d0eULL;
+	m.features.alloc_seq = 0x0000000f10111213ULL;
 	print_msg("FEATURES", &m);
 
 	memset(&m, 0, sizeof(m));

@@ -32,6 +32,7 @@ const features = (maxBatch: number): FeaturesMsg => ({
 	maxBatch,
 	maxRun: 0,
 	replySeq: 0n,
+	allocSeq: 0n,
 });
 const map = (id: bigint, block: bigint): MapRequestMsg => ({ type: MsgType.MAP, flags: ReqFlag.WRITE, id, block });
 

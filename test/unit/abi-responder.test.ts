@@ -116,7 +116,7 @@ t.test('serve loop: one answer batch per read, everything logged', async (t) => 
 	const dev = join(dir, 'dev');
 	const logPath = join(dir, 'log.jsonl');
 	const input = [
-		{ type: MsgType.FEATURES, flags: 0, id: 0n, features: 0x7fn, nrBlocks: 100n, blockSectors: BS, nrDevs: 2, maxBatch: 8, maxRun: 0, replySeq: 0n },
+		{ type: MsgType.FEATURES, flags: 0, id: 0n, features: 0x7fn, nrBlocks: 100n, blockSectors: BS, nrDevs: 2, maxBatch: 8, maxRun: 0, replySeq: 0n, allocSeq: 0n },
 		req(1n, 0, 11n),
 		req(50n, W, 12n),
 		req(60n, 0, 13n),

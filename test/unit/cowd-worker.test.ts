@@ -17,7 +17,7 @@ import t from 'tap';
 import type { ControlDevice } from '../../src/abi/control.js';
 import { Feature, MapFlag, MsgType, ReqFlag } from '../../src/abi/constants.js';
 import { decodeBatch, encodeBatch, encodeMessage } from '../../src/abi/codec.js';
-import { type DaemonMessage, type DmuMessage, type KernelMessage, mapReply } from '../../src/abi/messages.js';
+import { type DaemonMessage, type DmuMessage, type KernelMessage, type MapReplyMsg, mapReply } from '../../src/abi/messages.js';
 import type { DeviceCapacity } from '../../src/cowd/capacity.js';
 import { toReply, trimRuns } from '../../src/cowd/reply.js';
 import { Worker } from '../../src/cowd/worker.js';
@@ -27,7 +27,7 @@ import type { Image, MapDecision, MapRequest } from '../../src/plugins/types.js'
 /** Replays batches (after an optional check before each), collects answers, ends like a removed target. */
 class ScriptedControl {
 	readonly written: DaemonMessage[][] = [];
-	readonly features: { replySeq: bigint; features: bigint; maxRun: number };
+	readonly features: { replySeq: bigint; allocSeq: bigint; features: bigint; maxRun: number };
 	#next = 0;
 	constructor(
 		private readonly batches: KernelMessage[][],
@@ -36,8 +36,9 @@ class ScriptedControl {
 		maxRun = 0,
 		/** More feature bits (Feature.COW). */
 		more = 0n,
+		allocSeq = 0n,
 	) {
-		this.features = { replySeq, features: (maxRun ? Feature.MAP_RUN : 0n) | more, maxRun };
+		this.features = { replySeq, allocSeq, features: (maxRun ? Feature.MAP_RUN : 0n) | more, maxRun };
 	}
 	async readBatch(): Promise<DmuMessage[]> {
 		const i = this.#next++;
@@ -139,6 +140,49 @@ t.test('allocations of a daemon before this one count as replies up to FEATURES.
 	seen.push(await onDisk(path));
 	t.same(seen, [0n, 0n, 5n], 'not covered by 499, covered by 500');
 	await image.close();
+});
+
+t.test('allocations before this worker also wait for coveredAlloc to reach FEATURES.allocSeq', async (t) => {
+	const path = await dirtyImage(t);
+	const first = await plugin.open(path);
+	for (let b = 0n; b < 5n; b++) await first.map({ block: b, write: true, wholeBlock: true, roFault: false });
+	// The dead daemon's blocks may include kernel allocations up to 70 whose
+	// copies a COMMIT started earlier (a re-sent one) does not cover.
+	const image = await plugin.open(path, { resume: true });
+	const seen: bigint[] = [];
+	const c = (id: number, coveredSeq: bigint, coveredAlloc: bigint): KernelMessage => ({
+		type: MsgType.COMMIT,
+		flags: 0,
+		id: BigInt(id),
+		coveredSeq,
+		coveredAlloc,
+	});
+	const ctl = new ScriptedControl([[c(1, 500n, 69n)], [c(2, 500n, 70n)]], 500n, async () => void seen.push(await onDisk(path)), 0, Feature.COW, 70n);
+	await new Worker(ctl as unknown as ControlDevice, image, pino({ level: 'silent' })).run();
+	seen.push(await onDisk(path));
+	t.same(seen, [0n, 0n, 5n], 'not covered by allocation 69, covered by 70');
+	await image.close();
+});
+
+t.test('a write the kernel faults back is not offered COW', async (t) => {
+	const { image } = await cowImage(t);
+	const asked: MapRequest[] = [];
+	const map = image.map.bind(image);
+	image.map = async (req: MapRequest) => {
+		asked.push({ ...req });
+		return map(req);
+	};
+	const w = (id: number, block: number, flags: number): KernelMessage => ({ type: MsgType.MAP, flags, id: BigInt(id), block: BigInt(block) });
+	const ctl = new ScriptedControl([[w(1, 1, ReqFlag.WRITE), w(2, 3, ReqFlag.WRITE | ReqFlag.RO_FAULT)]], 0n, async () => {}, 0, Feature.COW);
+	await new Worker(ctl as unknown as ControlDevice, image, pino({ level: 'silent' })).run();
+	t.same(
+		asked.map((r) => r.cow === true),
+		[true, false],
+	);
+	const replies = ctl.written.flat() as MapReplyMsg[];
+	t.equal(replies[0]!.flags, MapFlag.COW, 'a first write is answered COW');
+	t.equal(replies[1]!.flags & MapFlag.COW, 0, 'a faulted write is allocated by the daemon');
+	t.ok(replies[1]!.flags & MapFlag.WRITABLE);
 });
 
 t.test('runs: offered when the kernel has MAP_RUN, cut where the same batch allocates', async (t) => {

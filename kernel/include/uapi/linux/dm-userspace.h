@@ -97,7 +97,8 @@
  *	sector) with dm-kcopyd (no copy when the write covers the whole
  *	block), remember (dev, sector) writable, and tell the daemon with
  *	DMU_MSG_ALLOCATED. Allocations are numbered 1, 2, ... over the
- *	target's life (struct dmu_allocated.alloc_seq), apart from replies;
+ *	target's life (struct dmu_allocated.alloc_seq; the last one given
+ *	out is struct dmu_features.alloc_seq), apart from replies;
  *	a DMU_MSG_COMMIT covers those up to struct dmu_commit.covered_alloc
  *	(their copies were done before the flush began). An ALLOCATED is a
  *	request: the daemon records the allocation, then answers
@@ -150,7 +151,7 @@ struct dmu_features {
 	__u32 max_batch;	/* most messages one read() will return */
 	__u32 max_run;		/* DMU_FEATURE_MAP_RUN: most blocks a reply covers */
 	__u64 reply_seq;	/* DMU_FEATURE_COMMIT_SEQ: last reply number */
-	__u64 reserved[1];
+	__u64 alloc_seq;	/* DMU_FEATURE_COW: last allocation number */
 };
 
 /*

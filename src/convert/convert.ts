@@ -12,6 +12,7 @@ import { dirname, resolve } from 'node:path';
 import { DmuError } from '../errors.js';
 import { BlockEngine } from '../plugins/engine.js';
 import { loadPlugin } from '../plugins/registry.js';
+import { placeRange, runAllocatorOf } from './bulk-place.js';
 import { type Chunk, fillGaps, pageAligned, type Ranges, SourceReader } from './source.js';
 
 export interface ConvertOptions {
@@ -144,6 +145,8 @@ export async function convert(o: ConvertOptions): Promise<ConvertStats> {
 		const baseBufs = bufs.slice(BUFFERS);
 		// A raw destination is its file: nothing to ask per block.
 		const linearDst = dst.image.capabilities.linear === true && dst.files.length > 0;
+		// A qcow2 destination allocates a run of clusters per call, not one map() each.
+		const allocator = linearDst ? undefined : runAllocatorOf(dst.image);
 		if (linearDst && (await stat(o.dst)).isBlockDevice()) await zeroDevice(o.dst, size);
 		// The files written (a backing file under DST is only read).
 		const outFiles = engine.files.filter((_, k) => engine.image.devices[k]?.writable);
@@ -205,6 +208,10 @@ export async function convert(o: ConvertOptions): Promise<ConvertStats> {
 			for (const [s, e] of ranges) {
 				if (linearDst) {
 					put(engine.files[0]!, Number(off) + s, data.subarray(s, e));
+					continue;
+				}
+				if (allocator) {
+					for (const r of await placeRange(allocator, piece, Number(off), s, e)) put(engine.files[0]!, r.pos, data.subarray(r.from, r.from + r.len));
 					continue;
 				}
 				for (const r of await engine.place(off + BigInt(s), e - s)) put(r.file, r.pos, data.subarray(s + r.from, s + r.from + r.len));

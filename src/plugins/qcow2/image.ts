@@ -25,6 +25,7 @@ import {
 	OFFSET_MASK,
 	ZERO_FLAG,
 } from './layout.js';
+import { isEmptyEntry, setDataEntry } from './l2-entry.js';
 import { type OpenedParts, openParts, repairRefcounts, writeHeaderFields } from './metadata.js';
 
 const EIO = 5;
@@ -37,6 +38,13 @@ type Cluster =
 	| { kind: 'compressed'; entry: bigint }
 	/** Extended L2: some subclusters allocated, zero or from the backing. */
 	| { kind: 'partial'; host: number; alloc: number; zeros: number };
+
+/** Guest clusters [block, block + count) live at consecutive host clusters from byte `host`. */
+export interface ClusterRun {
+	block: number;
+	host: number;
+	count: number;
+}
 
 export class Qcow2Image implements Image {
 	readonly format = 'qcow2';
@@ -250,6 +258,72 @@ export class Qcow2Image implements Image {
 		}
 		this.#scratchOf.delete(b);
 		return { kind: 'map', dev: 0, sector: BigInt(fresh / 512), writable: true, ...(copyFrom ? { copyFrom } : {}) };
+	}
+
+	/**
+	 * Writable places for guest clusters [first, first + count) that the
+	 * caller then writes whole (every byte the guest can see; no copy-first
+	 * is done): `dmu convert`'s path into a new image. Clusters that name
+	 * nothing get new clusters a run at a time (Refcounts.allocRun, the L2
+	 * entries set in memory; commit writes both once), instead of a map()
+	 * each; any other cluster takes the map() path. Returns the runs in
+	 * guest order, neighbours on the file merged.
+	 */
+	allocateRuns(first: number, count: number): Promise<ClusterRun[]> {
+		return this.#serial(async () => {
+			const h = this.#h;
+			if (first < 0 || count < 0 || (first + count) * h.clusterSize >= h.virtualSize + h.clusterSize) {
+				throw new DmuError('DMU_ERR_RANGE', `qcow2: clusters ${first}+${count} are outside the disk`);
+			}
+			if (!this.#rw) throw new DmuError('DMU_ERR_READ_ONLY', `qcow2: ${this.#p.file.path} is open read-only`);
+			if (this.#corrupt) throw new DmuError('DMU_ERR_CORRUPT', `qcow2: ${this.#p.file.path}: image found corrupt, no more writes`);
+			const runs: ClusterRun[] = [];
+			const add = (block: number, host: number, n: number) => {
+				const last = runs[runs.length - 1];
+				if (last && last.block + last.count === block && last.host + last.count * h.clusterSize === host) last.count += n;
+				else runs.push({ block, host, count: n });
+			};
+			try {
+				for (let b = first; b < first + count; ) {
+					const l1i = Math.floor(b / h.l2Entries);
+					const stop = Math.min(first + count, (l1i + 1) * h.l2Entries);
+					b = await this.#allocateInTable(l1i, b, stop, add);
+				}
+			} catch (e) {
+				if (e instanceof DmuError && e.code === 'DMU_ERR_BAD_IMAGE') await this.#markCorrupt();
+				throw e;
+			}
+			return runs;
+		});
+	}
+
+	/** allocateRuns() within the L2 table of `l1i`, for clusters [from, stop); returns where it stopped. */
+	async #allocateInTable(l1i: number, from: number, stop: number, add: (block: number, host: number, n: number) => void): Promise<number> {
+		const h = this.#h;
+		const base = l1i * h.l2Entries;
+		let b = from;
+		while (b < stop) {
+			// Fetched again after a map(): it may have evicted and reloaded this table.
+			const { table, off } = await this.#l2ForWrite(l1i);
+			if (!isEmptyEntry(table, h, b - base)) {
+				const d = await this.#map({ block: BigInt(b), write: true, wholeBlock: true, roFault: false });
+				if (d.kind !== 'map') throw new DmuError('DMU_ERR_IO', `qcow2: ${this.#p.file.path}: cluster ${b} cannot be written`);
+				add(b, Number(d.sector) * 512, 1);
+				b++;
+				continue;
+			}
+			let end = b + 1;
+			while (end < stop && isEmptyEntry(table, h, end - base)) end++;
+			// Dirty before anything can evict it (allocRun may read refcount blocks, not tables; still).
+			this.#p.tables.markL2(off);
+			while (b < end) {
+				const run = await this.#p.refs.allocRun(end - b);
+				for (let i = 0; i < run.count; i++) setDataEntry(table, h, b - base + i, run.off + i * h.clusterSize);
+				add(b, run.off, run.count);
+				b += run.count;
+			}
+		}
+		return b;
 	}
 
 	async #read(b: number, cl: Cluster): Promise<MapDecision> {

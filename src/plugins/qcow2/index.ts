@@ -2,10 +2,10 @@
  * qcow2 plugin glue: probe, create, open, check, info.
  *
  * Files: layout.ts (on-disk format), file.ts (bounded I/O), tables.ts
- * (L1/L2 cache), refcount.ts (refcounts, allocator), compressed.ts,
- * walk.ts (references for check/repair), metadata.ts (open + repair),
- * backing.ts, image.ts (map/commit),
- * create.ts, check.ts. See README.md.
+ * (L1/L2 cache), l2-entry.ts (one L2 entry, no BigInts), refcount.ts
+ * (refcounts, allocator), compressed.ts, walk.ts (references for
+ * check/repair), metadata.ts (open + repair), backing.ts, image.ts
+ * (map/commit, allocateRuns), create.ts, check.ts. See README.md.
  */
 import { stat } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';

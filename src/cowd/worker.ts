@@ -127,8 +127,11 @@ export class Worker {
 		// not every format serialises its own allocations (two concurrent
 		// writes to new blocks could be given the same place in the file).
 		// Overlapping or not, a message other than MAP (a commit) is a
-		// barrier: it sees exactly the maps before it in the batch. Answers
-		// go back in one batch.
+		// barrier: it sees exactly the maps before it in the batch. Such an
+		// image records neighbouring ALLOCATED reports together too (dscow
+		// then writes their live-bitmap words at once, not one write per
+		// block: a sequential first write reports every block). Answers go
+		// back in one batch.
 		let replies: DaemonMessage[] = [];
 		// A run stops in the kernel at the next block that has a request in
 		// flight: a request whose next block is asked in this batch too gets
@@ -138,7 +141,10 @@ export class Worker {
 		const concurrent = this.image.capabilities.concurrentMap === true;
 		for (let i = 0; i < msgs.length; ) {
 			let end = i + 1;
-			if (concurrent) while (end < msgs.length && msgs[i]!.type === MsgType.MAP && msgs[end]!.type === MsgType.MAP) end++;
+			const type = msgs[i]!.type;
+			if (concurrent && (type === MsgType.MAP || type === MsgType.ALLOCATED)) {
+				while (end < msgs.length && msgs[end]!.type === type) end++;
+			}
 			const answers = await Promise.all(msgs.slice(i, end).map((m) => this.#handle(m, asked)));
 			for (const r of answers) if (r) replies.push(r);
 			i = end;

@@ -354,6 +354,25 @@ t.test('ALLOCATED: recorded by the image, acknowledged with its id, a barrier in
 	t.equal(worker.stats.allocations, 2);
 });
 
+t.test('neighbouring ALLOCATED reports are recorded together, still before what follows them', async (t) => {
+	const { image } = await cowImage(t);
+	const record = image.allocated!.bind(image);
+	let inFlight = 0;
+	let most = 0;
+	image.allocated = async (block, dev, sector) => {
+		most = Math.max(most, ++inFlight);
+		await new Promise((r) => setTimeout(r, 10));
+		await record(block, dev, sector);
+		inFlight--;
+	};
+	const reports = Array.from({ length: 32 }, (_, i) => allocated(100 + i, i, BigInt(i + 1)));
+	const { answers, worker } = await serve(image, [[...reports, readReq(200, 31)]], { features: Feature.COW });
+	t.equal(most, 32, 'all 32 recorded at once');
+	t.equal(answers.filter((a) => a.type === MsgType.ALLOCATED_ACK).length, 32, 'each acknowledged');
+	t.match(byId(answers, 200), { type: MsgType.MAP_REPLY, flags: MapFlag.WRITABLE, sector: imageSector(31) }, 'the read after them sees the last one');
+	t.equal(worker.stats.allocations, 32);
+});
+
 t.test('a COW run worked out before an ALLOCATED of the same batch stops before its block', async (t) => {
 	const { image } = await cowImage(t);
 	const { answers } = await serve(image, [[readReq(1, 0), allocated(2, 3, 1n)]], { features: Feature.COW, maxRun: 8 });

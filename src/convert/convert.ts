@@ -7,10 +7,10 @@
  * or, with a backing file (-B), blocks equal to the backing file's.
  */
 import { type FileHandle, realpath, stat } from 'node:fs/promises';
-import { execa } from 'execa';
 import { dirname, resolve } from 'node:path';
 import { DmuError } from '../errors.js';
 import { BlockEngine } from '../plugins/engine.js';
+import { zeroOut } from '../plugins/raw/io.js';
 import { loadPlugin } from '../plugins/registry.js';
 import { placeRange, runAllocatorOf } from './bulk-place.js';
 import { type Chunk, fillGaps, pageAligned, type Ranges, SourceReader } from './source.js';
@@ -104,10 +104,9 @@ async function writeOp(op: WriteOp): Promise<void> {
  * which the kernel does with WRITE ZEROES where the device has it).
  */
 async function zeroDevice(path: string, size: bigint): Promise<void> {
-	const r = await execa('blkdiscard', ['--zeroout', '--length', String(size), path], { reject: false });
-	if (r.exitCode !== 0) {
-		throw new DmuError('DMU_ERR_IO', `convert: cannot zero ${path} before writing to it: ${r.stderr.trim() || `blkdiscard exit ${r.exitCode}`}`);
-	}
+	await zeroOut(path, 0n, size).catch((e: Error) => {
+		throw new DmuError('DMU_ERR_IO', `convert: ${e.message} (before writing to it)`);
+	});
 }
 
 export async function convert(o: ConvertOptions): Promise<ConvertStats> {

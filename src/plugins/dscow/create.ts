@@ -13,7 +13,7 @@ import { DmuError } from '../../errors.js';
 import type { CreateOptions } from '../types.js';
 import { blockDeviceSize } from '../raw/io.js';
 import { identify } from './base.js';
-import { DEFAULT_BLOCK, encodeHeader, FLAG_CLEAN, geometry, type Header, hasMagic, HEADER_SIZE, VERSION } from './layout.js';
+import { DEFAULT_BLOCK, dataEnd, encodeHeader, FLAG_CLEAN, geometry, type Header, hasMagic, HEADER_SIZE, VERSION } from './layout.js';
 
 export async function create(path: string, opts: CreateOptions): Promise<Header> {
 	const blockSize = opts.blockSize ?? DEFAULT_BLOCK;
@@ -36,7 +36,7 @@ export async function create(path: string, opts: CreateOptions): Promise<Header>
 	const header: Header = { version: VERSION, flags: FLAG_CLEAN, virtualSize: size, blockSize, ...g, basePath, base };
 	const buf = encodeHeader(header);
 
-	const end = g.firstBlock + g.blockCount * BigInt(blockSize);
+	const end = dataEnd(header);
 	const onDevice = await stat(path).then((st) => st.isBlockDevice(), () => false);
 	const fh = onDevice ? await openDevice(path, end) : await openNewFile(path);
 	try {

@@ -7,7 +7,16 @@
 import type { Logger } from 'pino';
 import { ControlRejectError, type ControlDevice } from '../abi/control.js';
 import { Feature, MsgType, ReqFlag } from '../abi/constants.js';
-import { type AllocatedMsg, allocatedAck, type CommitMsg, commitDone, type DaemonMessage, type DmuMessage, mapReply } from '../abi/messages.js';
+import {
+	type AllocatedMsg,
+	allocatedAck,
+	type CommitMsg,
+	commitDone,
+	type DaemonMessage,
+	type DmuMessage,
+	getFeatures,
+	mapReply,
+} from '../abi/messages.js';
 import { MapFlag } from '../abi/constants.js';
 import { isDmuError } from '../errors.js';
 import type { Image, MapDecision, MapRequest } from '../plugins/types.js';
@@ -42,6 +51,15 @@ export type WorkerEnd = 'stopped' | 'target-gone';
  */
 export const DEFAULT_MAX_RUN = 256;
 
+/**
+ * Id of the GET_FEATURES stop() writes. The kernel queues its answer
+ * behind everything it had queued already, so once that answer is read,
+ * every ALLOCATED report made before the stop has been served.
+ */
+const DRAIN_ID = (1n << 64n) - 2n;
+/** How long stop() serves what was queued before closing anyway. */
+const DRAIN_TIMEOUT_MS = 10_000;
+
 /** A reply not (yet) accepted by the kernel: no flush covers its allocation. */
 const NEVER = 1n << 64n;
 
@@ -55,6 +73,11 @@ const isUncommitted = (r: DaemonMessage) =>
 export class Worker {
 	readonly stats: WorkerStats = { batches: 0, maps: 0, commits: 0, allocations: 0, errors: 0 };
 	#stopping = false;
+	/** The answer to stop()'s GET_FEATURES has been read: the loop ends after its batch. */
+	#drained = false;
+	#running: Promise<WorkerEnd> | undefined;
+	#loopDone = false;
+	#stopped: Promise<void> | undefined;
 	#busy: Promise<void> | undefined;
 	/**
 	 * The kernel numbers the MAP_REPLYs it accepts (Feature.COMMIT_SEQ);
@@ -103,20 +126,60 @@ export class Worker {
 		this.#cow = kernelCow && image.capabilities.write && typeof image.allocated === 'function';
 	}
 
-	async run(): Promise<WorkerEnd> {
+	run(): Promise<WorkerEnd> {
+		this.#running ??= this.#loop().finally(() => {
+			this.#loopDone = true;
+		});
+		return this.#running;
+	}
+
+	async #loop(): Promise<WorkerEnd> {
+		if (this.#stopping) return 'stopped'; // stopped before it ran: closed already
 		for (;;) {
-			if (this.#stopping) return 'stopped';
+			if (this.#drained) return 'stopped';
 			const msgs = await this.ctl.readBatch();
 			if (msgs.length === 0) return this.#stopping ? 'stopped' : 'target-gone';
+			if (this.#stopping && msgs.some((m) => m.type === MsgType.FEATURES && m.id === DRAIN_ID)) this.#drained = true;
 			this.#busy = this.#serve(msgs);
 			await this.#busy;
 			this.#busy = undefined;
 		}
 	}
 
-	/** Finish the batch in hand, then close the control device (wakes a blocked read). */
-	async stop(): Promise<void> {
+	/**
+	 * Serve what the kernel queued before now, then close the control
+	 * device. An ALLOCATED report still queued names a block the kernel
+	 * has written and the image has not recorded: if the daemon closed
+	 * without it and the device were then removed, that data would be
+	 * lost. Whatever comes after the drain (a device still in use) waits
+	 * in the kernel for the next daemon. Safe to call more than once.
+	 */
+	stop(): Promise<void> {
 		this.#stopping = true;
+		this.#stopped ??= this.#drainAndClose();
+		return this.#stopped;
+	}
+
+	async #drainAndClose(): Promise<void> {
+		if (this.#running && !this.#loopDone) {
+			let timer: NodeJS.Timeout | undefined;
+			try {
+				await this.ctl.writeBatch([getFeatures(DRAIN_ID)]);
+				const timedOut = await Promise.race([
+					this.#running.then(
+						() => false,
+						() => false,
+					),
+					new Promise<boolean>((r) => (timer = setTimeout(() => r(true), DRAIN_TIMEOUT_MS))),
+				]);
+				if (timedOut) this.log.warn('stopping: the kernel\'s queue was not served in time; what is left goes to the next daemon');
+			} catch (e) {
+				// The target is gone (nothing left to serve) or the device failed.
+				this.log.debug({ err: (e as Error).message }, 'stopping: no drain');
+			} finally {
+				clearTimeout(timer);
+			}
+		}
 		await this.#busy?.catch(() => undefined);
 		await this.ctl.close();
 	}

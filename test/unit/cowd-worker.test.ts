@@ -452,3 +452,78 @@ t.test('device capacity: the read location and the destination, for the whole ru
 		'base up to the end of the run, image up to the end of the run',
 	);
 });
+
+/**
+ * The kernel's queue as stop() meets it: whole messages in order, at most
+ * `maxBatch` per read, a read waits for one, a GET_FEATURES is answered at
+ * the tail of what is queued, close() ends a waiting read with nothing.
+ */
+class QueuedControl {
+	readonly written: DaemonMessage[] = [];
+	readonly features = { replySeq: 0n, allocSeq: 0n, features: Feature.COW, maxRun: 0 };
+	readonly queue: KernelMessage[] = [];
+	closed = false;
+	#wake: (() => void) | undefined;
+	constructor(
+		private readonly maxBatch: number,
+		/** Queued right after the answer to a GET_FEATURES: I/O after the stop. */
+		private readonly afterFeatures: KernelMessage[] = [],
+	) {}
+	push(...m: KernelMessage[]) {
+		this.queue.push(...m);
+		this.#wake?.();
+	}
+	async readBatch(): Promise<DmuMessage[]> {
+		while (this.queue.length === 0 && !this.closed) await new Promise<void>((r) => (this.#wake = r));
+		if (this.closed) return [];
+		return this.queue.splice(0, this.maxBatch);
+	}
+	async writeBatch(msgs: readonly DaemonMessage[]): Promise<void> {
+		for (const m of msgs) {
+			if (m.type !== MsgType.GET_FEATURES) this.written.push(m);
+			else this.push({ ...this.features, type: MsgType.FEATURES, flags: 0, id: m.id, nrBlocks: 64n, blockSectors: 128, nrDevs: 2, maxBatch: this.maxBatch }, ...this.afterFeatures);
+		}
+	}
+	async close(): Promise<void> {
+		this.closed = true;
+		this.#wake?.();
+	}
+}
+
+t.test('stop() serves every ALLOCATED the kernel queued before it, and nothing after', async (t) => {
+	const { path, image } = await cowImage(t);
+	const record = image.allocated!.bind(image);
+	let started!: () => void;
+	const busy = new Promise<void>((r) => (started = r));
+	image.allocated = async (block, dev, sector) => {
+		started();
+		await new Promise((r) => setTimeout(r, 20)); // stop() arrives while the first batch is served
+		return record(block, dev, sector);
+	};
+	const late = allocated(20, 9, 4n);
+	const ctl = new QueuedControl(2, [late]);
+	ctl.push(allocated(10, 3, 1n), allocated(11, 4, 2n), allocated(12, 5, 3n));
+	const worker = new Worker(ctl as unknown as ControlDevice, image, silent);
+	const end = worker.run();
+	await busy;
+	await Promise.all([worker.stop(), worker.stop()]);
+	t.equal(await end, 'stopped', 'the worker ends as stopped');
+	t.ok(ctl.closed, 'the control device is closed');
+	t.same(
+		ctl.written.map((m) => [m.type, m.id]),
+		[10n, 11n, 12n].map((id) => [MsgType.ALLOCATED_ACK, id]),
+		'the three reports queued before the stop are acknowledged, the one after is not',
+	);
+	t.same(ctl.queue, [late], 'the later report is left for the next daemon');
+	await image.close();
+	t.equal((await plugin.info(path)).allocatedBlocks, 3n, 'and the image records the three blocks');
+});
+
+t.test('stop() before run(): closes at once, run() ends as stopped', async (t) => {
+	const { image } = await cowImage(t);
+	const ctl = new QueuedControl(2);
+	const worker = new Worker(ctl as unknown as ControlDevice, image, silent);
+	await worker.stop();
+	t.ok(ctl.closed);
+	t.equal(await worker.run(), 'stopped');
+});

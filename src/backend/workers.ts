@@ -3,7 +3,8 @@
  * started it (the hotplug script, `dmu attach`, or a backend daemon that
  * may itself be restarted while guests run). startWorker waits until the
  * /dev/mapper node serves I/O; stopWorker sends SIGTERM (cowd commits and
- * removes the device) and waits.
+ * removes the device) and waits, and serves once more a device whose cowd
+ * died before it removes it.
  *
  * Run-state lives in /run/dmu (DMU_RUN_DIR): <name>.pid and <name>.spec, so
  * a detach finds its cowd even when xenstore has already forgotten the disk.
@@ -16,7 +17,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { DmuError } from '../errors.js';
-import { formatTargetSpec, type TargetSpec } from './target-spec.js';
+import { formatTargetSpec, parseTargetSpec, type TargetSpec } from './target-spec.js';
 
 export const runDir = () => process.env.DMU_RUN_DIR ?? '/run/dmu';
 export const logDir = () => process.env.DMU_LOG_DIR ?? '/var/log/dmu';
@@ -143,23 +144,50 @@ async function loggedReady(log: string, from: number, pid: number): Promise<bool
 	return false;
 }
 
+/** SIGTERM `pid` (a cowd) and wait for it to exit. */
+async function terminate(name: string, pid: number, timeoutSec: number): Promise<void> {
+	process.kill(pid, 'SIGTERM');
+	const deadline = Date.now() + timeoutSec * 1000;
+	while (alive(pid)) {
+		if (Date.now() > deadline) throw new DmuError('DMU_ERR_DETACH', `cowd for ${name} (pid ${pid}) did not stop within ${timeoutSec} s`);
+		await sleep(100);
+	}
+}
+
+/** Is device `name` there, read-only, open? undefined with no such device. */
+async function dmState(name: string): Promise<{ readOnly: boolean; open: number } | undefined> {
+	const info = await execa('dmsetup', ['info', '-c', '--noheadings', '--separator', ' ', '-o', 'attr,open', name], { reject: false });
+	if (info.exitCode !== 0) return undefined;
+	const [attr = '', open = '0'] = info.stdout.trim().split(/\s+/);
+	return { readOnly: attr.includes('r'), open: Number(open) };
+}
+
 /** Stop the cowd serving `name` and wait for it; true if there was one. */
 export async function stopWorker(name: string, opts: { timeoutSec?: number } = {}): Promise<boolean> {
 	checkName(name);
+	const timeoutSec = opts.timeoutSec ?? 30;
 	const pid = await readPid(name);
 	let found = false;
 	if (pid && alive(pid)) {
 		found = true;
-		process.kill(pid, 'SIGTERM');
-		const deadline = Date.now() + (opts.timeoutSec ?? 30) * 1000;
-		while (alive(pid)) {
-			if (Date.now() > deadline) throw new DmuError('DMU_ERR_DETACH', `cowd for ${name} (pid ${pid}) did not stop within ${opts.timeoutSec ?? 30} s`);
-			await sleep(100);
-		}
+		await terminate(name, pid, timeoutSec);
 	}
-	// A cowd that died leaves its device behind; remove it if nothing uses it.
-	const info = await execa('dmsetup', ['info', '-c', '--noheadings', '-o', 'open', name], { reject: false });
-	if (info.exitCode === 0) {
+	let state = await dmState(name);
+	// A cowd that died leaves its device behind, and after it died the
+	// kernel may have written blocks it allocated itself (copy-on-write
+	// answers) that no cowd has recorded: removing the device now would
+	// lose them. Serve it once more, so that a new cowd records them and
+	// then stops the usual way. A read-only disk allocates nothing.
+	const spec = await readFile(join(runDir(), `${name}.spec`), 'utf8').catch(() => undefined);
+	if (state && !state.readOnly && state.open === 0 && spec?.trim()) {
+		found = true;
+		const dev = await startWorker(parseTargetSpec(spec.trim()), { name, timeoutSec }).catch(() => undefined);
+		const again = dev ? await readPid(name) : undefined;
+		if (again && alive(again)) await terminate(name, again, timeoutSec);
+		state = await dmState(name);
+	}
+	// Still there: nothing could serve it (the image is gone); remove it if nothing uses it.
+	if (state) {
 		found = true;
 		const r = await execa('dmsetup', ['remove', name], { reject: false });
 		if (r.exitCode !== 0) throw new DmuError('DMU_ERR_DETACH', `cannot remove /dev/mapper/${name}: ${r.stderr.trim() || 'device busy'}`);

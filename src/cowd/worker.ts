@@ -134,7 +134,6 @@ export class Worker {
 	}
 
 	async #loop(): Promise<WorkerEnd> {
-		if (this.#stopping) return 'stopped'; // stopped before it ran: closed already
 		for (;;) {
 			if (this.#drained) return 'stopped';
 			const msgs = await this.ctl.readBatch();
@@ -161,6 +160,9 @@ export class Worker {
 	}
 
 	async #drainAndClose(): Promise<void> {
+		// Stopped before it ran (a SIGTERM right after a takeover): the
+		// kernel's queue needs serving all the same.
+		if (!this.#loopDone) void this.run();
 		if (this.#running && !this.#loopDone) {
 			let timer: NodeJS.Timeout | undefined;
 			try {

@@ -519,11 +519,17 @@ t.test('stop() serves every ALLOCATED the kernel queued before it, and nothing a
 	t.equal((await plugin.info(path)).allocatedBlocks, 3n, 'and the image records the three blocks');
 });
 
-t.test('stop() before run(): closes at once, run() ends as stopped', async (t) => {
+t.test('stop() before run() still serves what the kernel queued, then run() ends as stopped', async (t) => {
 	const { image } = await cowImage(t);
 	const ctl = new QueuedControl(2);
+	ctl.push(allocated(10, 3, 1n));
 	const worker = new Worker(ctl as unknown as ControlDevice, image, silent);
 	await worker.stop();
-	t.ok(ctl.closed);
+	t.ok(ctl.closed, 'closed');
+	t.same(
+		ctl.written.map((m) => [m.type, m.id]),
+		[[MsgType.ALLOCATED_ACK, 10n]],
+		'the queued report is acknowledged',
+	);
 	t.equal(await worker.run(), 'stopped');
 });

@@ -39,7 +39,9 @@ export function register(program: Command): void {
 		});
 	program
 		.command('detach')
-		.description('stop the daemon serving a disk and remove its device')
+		.description(
+			'stop the daemon serving a disk and remove its device; a disk whose daemon died is served once more first, so that blocks the kernel wrote since are recorded',
+		)
 		.argument('<name>', 'device name or /dev/mapper/NAME path')
 		.option('--if-exists', 'succeed quietly when no such disk is attached')
 		.action(async (nameOrPath: string, opts: { ifExists?: boolean }) => {

@@ -92,7 +92,22 @@ check "add of a missing image fails" fails hot 7 51712 add
 check "... with hotplug-status error" eq "$(xenstore-read /local/domain/0/backend/vbd/7/51712/hotplug-status)" error
 check "... and nothing left" bash -c '[ -z "$(dmsetup ls | grep dmu-xen)" ] && [ -z "$(losetup -a)" ]'
 
-kill "$BACKEND"
+kill "$BACKEND"; wait "$BACKEND" 2>/dev/null
+
+# By hand, no backend watching: cowd dies, the guest goes on writing
+# never-touched blocks of a region answered copy-on-write (the kernel
+# allocates them itself, no daemon needed), then the admin detaches.
+# dmu detach serves the disk once more so those blocks are recorded.
+hand=$(dmu attach -n byhand dscow:/tmp/x.dscow:/tmp/base)
+dd if=/dev/urandom of=/tmp/pat2 bs=64k count=4 status=none
+dd if="$hand" of=/dev/null bs=64k skip=200 count=1 iflag=direct status=none
+kill -9 "$(cat /run/dmu/byhand.pid)"
+check "first writes with cowd dead complete" timeout 60 dd if=/tmp/pat2 of="$hand" bs=64k seek=201 oflag=direct status=none
+check "dmu detach after the crash" dmu detach byhand
+check "... removed the device" gone byhand
+hand=$(dmu attach -n byhand dscow:/tmp/x.dscow:/tmp/base)
+check "what was written after the crash is in the image" cmp -n 262144 /tmp/pat2 <(dd if="$hand" bs=64k skip=201 count=4 iflag=direct status=none)
+check "detach again" dmu detach byhand
 node dist/bin/dmu.mjs check /tmp/x.dscow >"$DMU_OUT/check.txt" 2>&1
 check "dmu check: the dscow is clean" test $? -eq 0
 exit 0

@@ -404,27 +404,28 @@ static void dmu_resolve(struct dmu_target *t, struct dmu_pending *p);
 static void dmu_copy_done(int read_err, unsigned long write_err,
 			  void *context);
 
-/*
- * A write hit @cow, a DMU_MAP_COW mapping: allocate the block where the
- * daemon said, in @p (so bios to the block wait behind it, as behind a
- * request) and @m (the writable mapping it becomes), numbered as an
- * allocation. Fills the copy regions; returns false when the write covers
- * the whole block and nothing needs copying. Lock held.
- */
-static bool __dmu_cow_start(struct dmu_target *t, struct dmu_mapping *cow,
-			    struct dmu_pending *p, struct dmu_mapping *m,
-			    struct bio *bio, struct dm_io_region *from,
-			    struct dm_io_region *to)
+/* A pending block (or an ALLOCATED report), zeroed. May sleep. */
+static struct dmu_pending *dmu_pending_alloc(void)
 {
-	sector_t len = dmu_block_len(t, cow->block);
+	struct dmu_pending *p = mempool_alloc(dmu_pending_pool, GFP_NOIO);
 
+	memset(p, 0, sizeof(*p));
+	return p;
+}
+
+/*
+ * A write hit @cow, a DMU_MAP_COW mapping: number the block's allocation
+ * where the daemon said, make @m the writable mapping it becomes, and
+ * @p's message the ALLOCATED report that tells the daemon. Lock held.
+ */
+static void __dmu_cow_prepare(struct dmu_target *t, struct dmu_mapping *cow,
+			      struct dmu_pending *p, struct dmu_mapping *m)
+{
 	p->t = t;
 	p->block = cow->block;
 	bio_list_init(&p->bios);
-	bio_list_add(&p->bios, bio);
 	p->kalloc = true;
 	p->seq = ++t->alloc_seq;
-	p->copying = bio_sectors(bio) != len;
 	p->flags = DMU_MAP_WRITABLE;
 
 	m->block = cow->block;
@@ -433,9 +434,7 @@ static bool __dmu_cow_start(struct dmu_target *t, struct dmu_mapping *cow,
 	m->flags = DMU_MAP_WRITABLE | DMU_M_KALLOC | DMU_M_UNACKED;
 	m->seq = p->seq;
 	refcount_set(&m->ref, 1);
-	p->m = m;
 
-	/* Queued once the mapping is in place (dmu_resolve). */
 	INIT_LIST_HEAD(&p->out.node);
 	p->out.msg.type = DMU_MSG_ALLOCATED;
 	p->out.msg.id = ++t->next_id;
@@ -443,6 +442,48 @@ static bool __dmu_cow_start(struct dmu_target *t, struct dmu_mapping *cow,
 	p->out.msg.allocated.sector = m->sector;
 	p->out.msg.allocated.alloc_seq = p->seq;
 	p->out.msg.allocated.dev = m->dev;
+}
+
+/*
+ * The first write to @cow covers its whole block: nothing to copy, so
+ * the writable mapping @m goes in at once, its report is queued in the
+ * same breath (as dmu_resolve does), and @bio is remapped like a hit: no
+ * pending block, no trip through the release worker. @p lives on as the
+ * report until the daemon acknowledges it. Lock held.
+ */
+static void __dmu_cow_whole(struct dmu_target *t, struct dmu_mapping *cow,
+			    struct dmu_pending *p, struct dmu_mapping *m,
+			    struct bio *bio)
+{
+	struct dmu_per_bio *pb = dmu_pb(bio);
+
+	__dmu_cow_prepare(t, cow, p, m);
+	__dmu_mapping_drop(t, cow);
+	__dmu_mapping_install(t, m);
+	__dmu_queue_out(t, &p->out, false);
+	refcount_inc(&m->ref);
+	pb->m[0] = m;
+	pb->nr_m = 1;
+}
+
+/*
+ * Any other first write to @cow (part of its block, or FUA): @p becomes
+ * the block's pending request (bios to the block wait behind it) until
+ * dmu_resolve installs @m, after dm-kcopyd has copied the block from the
+ * regions filled in here. Returns false when nothing needs copying (a
+ * whole-block FUA write). Lock held.
+ */
+static bool __dmu_cow_start(struct dmu_target *t, struct dmu_mapping *cow,
+			    struct dmu_pending *p, struct dmu_mapping *m,
+			    struct bio *bio, struct dm_io_region *from,
+			    struct dm_io_region *to)
+{
+	sector_t len = dmu_block_len(t, cow->block);
+
+	__dmu_cow_prepare(t, cow, p, m);
+	bio_list_add(&p->bios, bio);
+	p->copying = bio_sectors(bio) != len;
+	p->m = m;
 
 	from->bdev = t->devs[cow->dev]->bdev;
 	from->sector = cow->sector;
@@ -534,16 +575,29 @@ again:
 	if (m && (m->flags & DMU_MAP_COW) && !cow_nomem) {
 		if (!newp || !newm) {
 			spin_unlock_irqrestore(&t->lock, flags);
-			if (!newp) {
-				newp = mempool_alloc(dmu_pending_pool, GFP_NOIO);
-				memset(newp, 0, sizeof(*newp));
-			}
+			if (!newp)
+				newp = dmu_pending_alloc();
 			if (!newm) {
 				newm = kmem_cache_zalloc(dmu_mapping_cache,
 							 GFP_NOIO | __GFP_NOWARN);
 				cow_nomem = !newm;
 			}
 			goto again;
+		}
+		/* A FUA write waits for a commit: the pending path has that. */
+		if (bio_sectors(bio) == dmu_block_len(t, block) &&
+		    !(bio->bi_opf & REQ_FUA)) {
+			__dmu_cow_whole(t, m, newp, newm, bio);
+			dev = newm->dev;
+			sector = newm->sector;
+			newp = NULL;
+			newm = NULL;
+			spin_unlock_irqrestore(&t->lock, flags);
+			/* A commit may wait for this allocation's message. */
+			wake_up_all(&t->copy_wait);
+			dmu_remap(t, bio, dev, sector);
+			r = DM_MAPIO_REMAPPED;
+			goto out;
 		}
 		p = newp;
 		newp = NULL;
@@ -555,7 +609,6 @@ again:
 				       dmu_copy_done, p);
 		} else {
 			dmu_resolve(t, p);
-			/* A commit may wait for this allocation's message. */
 			wake_up_all(&t->copy_wait);
 		}
 		r = DM_MAPIO_SUBMITTED;
@@ -564,8 +617,7 @@ again:
 
 	if (!newp) {
 		spin_unlock_irqrestore(&t->lock, flags);
-		newp = mempool_alloc(dmu_pending_pool, GFP_NOIO);
-		memset(newp, 0, sizeof(*newp));
+		newp = dmu_pending_alloc();
 		goto again;
 	}
 

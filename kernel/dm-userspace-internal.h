@@ -25,6 +25,10 @@
 /* Most messages one read() returns: 4096 * 64 B = 256 KiB bounce buffer. */
 #define DMU_MAX_BATCH 4096
 
+/* ALLOCATED reports the daemon is woken for at once, or after this long. */
+#define DMU_REPORT_BATCH 64
+#define DMU_REPORT_DELAY msecs_to_jiffies(20)
+
 /* Who answers requests that need userspace (reported by status). */
 enum dmu_daemon_state {
 	DMU_DAEMON_WAITING,	/* no daemon: requests wait (timeout) */
@@ -69,6 +73,7 @@ struct dmu_target {
 	struct work_struct release_work;
 	struct work_struct commit_work;
 	struct delayed_work timeout_work;
+	struct delayed_work report_work;	/* wakes the daemon for reports */
 
 	/*
 	 * Protects everything below: both trees, the LRU, the queues and
@@ -113,6 +118,7 @@ struct dmu_target {
 	struct list_head outq;		/* dmu_out waiting for read() */
 	struct list_head sent;		/* requests read, not answered */
 	wait_queue_head_t wait;		/* readers and pollers */
+	unsigned int reports_unwoken;	/* ALLOCATED queued since a wake */
 	struct mutex ctl_mutex;		/* write(), release vs dtr */
 	struct miscdevice misc;
 	char misc_name[DMU_KEY_MAX + 5];
@@ -133,5 +139,7 @@ void dmu_target_release(struct kref *kref);
 int dmu_transport_register(struct dmu_target *t);
 void dmu_transport_unregister(struct dmu_target *t);
 void __dmu_queue_out(struct dmu_target *t, struct dmu_out *out, bool head);
+void __dmu_queue_report(struct dmu_target *t, struct dmu_out *out);
+void dmu_report_work(struct work_struct *ws);
 
 #endif /* DM_USERSPACE_INTERNAL_H */

@@ -37,6 +37,39 @@ void __dmu_queue_out(struct dmu_target *t, struct dmu_out *out, bool head)
 		list_add(&out->node, &t->outq);
 	else
 		list_add_tail(&out->node, &t->outq);
+	t->reports_unwoken = 0;
+	wake_up_interruptible(&t->wait);
+}
+
+/*
+ * Queue a DMU_MSG_ALLOCATED report. It asks nothing urgent (the write it
+ * describes went on already), so the daemon is woken once per
+ * DMU_REPORT_BATCH reports, DMU_REPORT_DELAY after the first it was not
+ * woken for, or by any other message (a flush's commit comes behind
+ * them): a sequential first write then costs the daemon one read per
+ * batch, not one per block. Must be called with t->lock held.
+ */
+void __dmu_queue_report(struct dmu_target *t, struct dmu_out *out)
+{
+	list_add_tail(&out->node, &t->outq);
+	if (++t->reports_unwoken >= DMU_REPORT_BATCH) {
+		t->reports_unwoken = 0;
+		wake_up_interruptible(&t->wait);
+	} else if (t->reports_unwoken == 1) {
+		queue_delayed_work(t->wq, &t->report_work, DMU_REPORT_DELAY);
+	}
+}
+
+/* DMU_REPORT_DELAY has passed since a report the daemon was not woken for. */
+void dmu_report_work(struct work_struct *ws)
+{
+	struct dmu_target *t = container_of(to_delayed_work(ws),
+					    struct dmu_target, report_work);
+	unsigned long flags;
+
+	spin_lock_irqsave(&t->lock, flags);
+	t->reports_unwoken = 0;
+	spin_unlock_irqrestore(&t->lock, flags);
 	wake_up_interruptible(&t->wait);
 }
 
@@ -106,6 +139,7 @@ static size_t dmu_take_batch(struct dmu_target *t, struct dmu_msg *buf,
 	spin_lock_irqsave(&t->lock, flags);
 	if (t->dead)
 		goto out_unlock;
+	t->reports_unwoken = 0;
 	if (t->features_pending && n < max) {
 		dmu_fill_features(t, &buf[n++], 0);
 		t->features_pending = false;

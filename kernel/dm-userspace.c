@@ -460,7 +460,7 @@ static void __dmu_cow_whole(struct dmu_target *t, struct dmu_mapping *cow,
 	__dmu_cow_prepare(t, cow, p, m);
 	__dmu_mapping_drop(t, cow);
 	__dmu_mapping_install(t, m);
-	__dmu_queue_out(t, &p->out, false);
+	__dmu_queue_report(t, &p->out);
 	refcount_inc(&m->ref);
 	pb->m[0] = m;
 	pb->nr_m = 1;
@@ -593,8 +593,6 @@ again:
 			newp = NULL;
 			newm = NULL;
 			spin_unlock_irqrestore(&t->lock, flags);
-			/* A commit may wait for this allocation's message. */
-			wake_up_all(&t->copy_wait);
 			dmu_remap(t, bio, dev, sector);
 			r = DM_MAPIO_REMAPPED;
 			goto out;
@@ -609,6 +607,7 @@ again:
 				       dmu_copy_done, p);
 		} else {
 			dmu_resolve(t, p);
+			/* A commit may wait for this allocation's message. */
 			wake_up_all(&t->copy_wait);
 		}
 		r = DM_MAPIO_SUBMITTED;
@@ -833,7 +832,7 @@ static void dmu_resolve(struct dmu_target *t, struct dmu_pending *p)
 		 * lives on as that request until the daemon acknowledges it.
 		 */
 		p->m = NULL;
-		__dmu_queue_out(t, &p->out, false);
+		__dmu_queue_report(t, &p->out);
 		keep = true;
 	}
 	if (!bio_list_empty(&t->release))
@@ -1866,6 +1865,7 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	INIT_WORK(&t->release_work, dmu_release_work);
 	INIT_WORK(&t->commit_work, dmu_commit_work);
 	INIT_DELAYED_WORK(&t->timeout_work, dmu_timeout_work);
+	INIT_DELAYED_WORK(&t->report_work, dmu_report_work);
 	t->daemon = DMU_DAEMON_WAITING;
 	t->daemon_timeout = DMU_DEFAULT_TIMEOUT;
 	t->max_mappings = DMU_DEFAULT_MAPPINGS;
@@ -1999,6 +1999,7 @@ static void dmu_dtr(struct dm_target *ti)
 	/* No new opener; a connected daemon reads 0 from now on. */
 	dmu_transport_unregister(t);
 	cancel_delayed_work_sync(&t->timeout_work);
+	cancel_delayed_work_sync(&t->report_work);
 	destroy_workqueue(t->wq);
 	dm_kcopyd_client_destroy(t->kcopyd);
 	dmu_drain(t);

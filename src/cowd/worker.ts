@@ -162,7 +162,7 @@ export class Worker {
 	async #drainAndClose(): Promise<void> {
 		// Stopped before it ran (a SIGTERM right after a takeover): the
 		// kernel's queue needs serving all the same.
-		if (!this.#loopDone) void this.run();
+		if (!this.#loopDone) void this.run().catch(() => undefined);
 		if (this.#running && !this.#loopDone) {
 			let timer: NodeJS.Timeout | undefined;
 			try {

@@ -160,20 +160,17 @@ export class Worker {
 	}
 
 	async #drainAndClose(): Promise<void> {
-		// Stopped before it ran (a SIGTERM right after a takeover): the
-		// kernel's queue needs serving all the same.
-		if (!this.#loopDone) void this.run().catch(() => undefined);
-		if (this.#running && !this.#loopDone) {
+		if (!this.#loopDone) {
+			// run() starts the loop if stop() came first (a SIGTERM right
+			// after a takeover): the kernel's queue needs serving all the same.
+			const ended = this.run().then(
+				() => false,
+				() => false,
+			);
 			let timer: NodeJS.Timeout | undefined;
 			try {
 				await this.ctl.writeBatch([getFeatures(DRAIN_ID)]);
-				const timedOut = await Promise.race([
-					this.#running.then(
-						() => false,
-						() => false,
-					),
-					new Promise<boolean>((r) => (timer = setTimeout(() => r(true), DRAIN_TIMEOUT_MS))),
-				]);
+				const timedOut = await Promise.race([ended, new Promise<boolean>((r) => (timer = setTimeout(() => r(true), DRAIN_TIMEOUT_MS)))]);
 				if (timedOut) this.log.warn('stopping: the kernel\'s queue was not served in time; what is left goes to the next daemon');
 			} catch (e) {
 				// The target is gone (nothing left to serve) or the device failed.

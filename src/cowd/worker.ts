@@ -207,7 +207,11 @@ export class Worker {
 			if (concurrent && (type === MsgType.MAP || type === MsgType.ALLOCATED)) {
 				while (end < msgs.length && msgs[end]!.type === type) end++;
 			}
-			const answers = await Promise.all(msgs.slice(i, end).map((m) => this.#handle(m, asked)));
+			const group = msgs.slice(i, end);
+			const answers =
+				type === MsgType.ALLOCATED
+					? await this.#recordAllocations(group as AllocatedMsg[])
+					: await Promise.all(group.map((m) => this.#handle(m, asked)));
 			for (const r of answers) if (r) replies.push(r);
 			i = end;
 		}
@@ -340,7 +344,7 @@ export class Worker {
 			case MsgType.COMMIT:
 				return this.#commit(m);
 			case MsgType.ALLOCATED:
-				return this.#recordAllocation(m);
+				return (await this.#recordAllocations([m]))[0];
 			case MsgType.COPY_ERROR:
 				// The kernel failed the bios and remembered nothing; the plugin
 				// must not keep an allocation that never received its data.
@@ -381,29 +385,43 @@ export class Worker {
 	}
 
 	/**
-	 * The kernel allocated a block on the first write to a COW answer:
-	 * have the image record it, then acknowledge (the kernel re-sends an
-	 * unacknowledged one to the next daemon, so a failure is not acked).
-	 * A block the image has already (a re-sent report) is acked as well.
+	 * The kernel allocated these blocks on the first write to a COW
+	 * answer: have the image record each, then acknowledge it (the kernel
+	 * re-sends an unacknowledged one to the next daemon, so a failure is
+	 * not acked). A block the image has already (a re-sent report) is
+	 * acked as well. One async step for the whole group, not one per
+	 * report: a sequential first write reports every block, and under
+	 * emulation the promise chains per report were what cowd spent its
+	 * CPU on (the image's records of a group share one live-bitmap write).
 	 */
-	async #recordAllocation(m: AllocatedMsg): Promise<DaemonMessage | undefined> {
-		this.stats.allocations++;
-		try {
-			if (!this.image.allocated) throw new Error(`${this.image.format} images cannot record allocations made by the kernel`);
-			await this.image.allocated(m.block, m.dev, m.sector);
-		} catch (e) {
-			this.stats.errors++;
-			if (this.#unrecorded === undefined || m.allocSeq < this.#unrecorded) this.#unrecorded = m.allocSeq;
-			const err = isDmuError(e) ? e.message : String(e);
-			this.log.error({ block: m.block, dev: m.dev, sector: m.sector, allocSeq: m.allocSeq, err }, 'kernel allocation not recorded: flushes covering it will fail');
-			return undefined;
-		}
-		// The latest number, should a block ever be reported twice: its
-		// commit must wait for the later copy.
-		const known = this.#kernelAllocated.get(m.block);
-		if (known === undefined || known < m.allocSeq) this.#kernelAllocated.set(m.block, m.allocSeq);
-		this.log.trace({ block: m.block, allocSeq: m.allocSeq }, 'allocated by the kernel');
-		return allocatedAck(m.id);
+	async #recordAllocations(group: readonly AllocatedMsg[]): Promise<Array<DaemonMessage | undefined>> {
+		const image = this.image;
+		const results = await Promise.allSettled(
+			group.map((m) => {
+				this.stats.allocations++;
+				try {
+					if (!image.allocated) throw new Error(`${image.format} images cannot record allocations made by the kernel`);
+					return image.allocated(m.block, m.dev, m.sector);
+				} catch (e) {
+					return Promise.reject(e);
+				}
+			}),
+		);
+		return group.map((m, i) => {
+			const r = results[i]!;
+			if (r.status === 'rejected') {
+				this.stats.errors++;
+				if (this.#unrecorded === undefined || m.allocSeq < this.#unrecorded) this.#unrecorded = m.allocSeq;
+				const err = isDmuError(r.reason) ? r.reason.message : String(r.reason);
+				this.log.error({ block: m.block, dev: m.dev, sector: m.sector, allocSeq: m.allocSeq, err }, 'kernel allocation not recorded: flushes covering it will fail');
+				return undefined;
+			}
+			// The latest number, should a block ever be reported twice: its
+			// commit must wait for the later copy.
+			const known = this.#kernelAllocated.get(m.block);
+			if (known === undefined || known < m.allocSeq) this.#kernelAllocated.set(m.block, m.allocSeq);
+			return allocatedAck(m.id);
+		});
 	}
 }
 

@@ -288,18 +288,22 @@ export class DscowImage implements Image {
 	 * committed bitmap by the commit that covers its allocation. A
 	 * re-sent report of a block already recorded changes nothing.
 	 */
-	async allocated(block: bigint, dev: number, sector: bigint): Promise<void> {
-		if (this.readOnly) throw new DmuError('DMU_ERR_READ_ONLY', `${this.path}: the kernel allocated block ${block} in a read-only image`);
+	allocated(block: bigint, dev: number, sector: bigint): Promise<void> {
+		// Not async: a sequential first write reports every block, and the
+		// reports of a batch share one live write; no promise chain each.
+		if (this.readOnly) {
+			return Promise.reject(new DmuError('DMU_ERR_READ_ONLY', `${this.path}: the kernel allocated block ${block} in a read-only image`));
+		}
 		if (block < 0n || block >= this.header.blockCount || dev !== IMAGE_DEV || sector !== this.#imageSector(block)) {
-			throw new DmuError(
-				'DMU_ERR_COW',
-				`${this.path}: the kernel allocated block ${block} at device ${dev} sector ${sector}, not where dscow keeps it`,
+			return Promise.reject(
+				new DmuError('DMU_ERR_COW', `${this.path}: the kernel allocated block ${block} at device ${dev} sector ${sector}, not where dscow keeps it`),
 			);
 		}
-		if (this.bitmap.get(block)) return;
+		// Recorded already (a re-sent report): once the live writes under way are done.
+		if (this.bitmap.get(block)) return this.#liveChain;
 		this.bitmap.set(block);
 		this.#pending.add(block);
-		await this.#recordLive(block);
+		return this.#recordLive(block);
 	}
 
 	/**

@@ -28,6 +28,8 @@
 /* ALLOCATED reports the daemon is woken for at once, or after this long. */
 #define DMU_REPORT_BATCH 64
 #define DMU_REPORT_DELAY msecs_to_jiffies(20)
+/* Most blocks one ALLOCATED report grows to (its ack walks them). */
+#define DMU_REPORT_MAX_BLOCKS 4096
 
 /* Who answers requests that need userspace (reported by status). */
 enum dmu_daemon_state {
@@ -139,7 +141,7 @@ void dmu_target_release(struct kref *kref);
 int dmu_transport_register(struct dmu_target *t);
 void dmu_transport_unregister(struct dmu_target *t);
 void __dmu_queue_out(struct dmu_target *t, struct dmu_out *out, bool head);
-void __dmu_queue_report(struct dmu_target *t, struct dmu_out *out);
+bool __dmu_queue_report(struct dmu_target *t, struct dmu_out *out);
 void dmu_report_work(struct work_struct *ws);
 
 #endif /* DM_USERSPACE_INTERNAL_H */

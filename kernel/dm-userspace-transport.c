@@ -41,16 +41,43 @@ void __dmu_queue_out(struct dmu_target *t, struct dmu_out *out, bool head)
 	wake_up_interruptible(&t->wait);
 }
 
-/*
- * Queue a DMU_MSG_ALLOCATED report. It asks nothing urgent (the write it
- * describes went on already), so the daemon is woken once per
- * DMU_REPORT_BATCH reports, DMU_REPORT_DELAY after the first it was not
- * woken for, or by any other message (a flush's commit comes behind
- * them): a sequential first write then costs the daemon one read per
- * batch, not one per block. Must be called with t->lock held.
- */
-void __dmu_queue_report(struct dmu_target *t, struct dmu_out *out)
+/* Does allocation @b follow on from report @a in block, place and number? */
+static bool dmu_report_extends(struct dmu_target *t,
+			       const struct dmu_allocated *a,
+			       const struct dmu_allocated *b)
 {
+	return a->count < DMU_REPORT_MAX_BLOCKS && b->dev == a->dev &&
+	       b->block == a->block + a->count &&
+	       b->sector == a->sector + (u64)a->count * t->block_sectors &&
+	       b->alloc_seq == a->alloc_seq + a->count;
+}
+
+/*
+ * Queue a DMU_MSG_ALLOCATED report of one block. When the last message
+ * waiting to be read is a report this one follows on from, that report
+ * grows by the block instead, and @out is not queued: returns true, and
+ * the caller frees it. Nothing is ever merged across another message (a
+ * commit queued between them covers only the first).
+ *
+ * A report asks nothing urgent (the write it describes went on already),
+ * so the daemon is woken once per DMU_REPORT_BATCH reports,
+ * DMU_REPORT_DELAY after the first it was not woken for, or by any other
+ * message (a flush's commit comes behind them). Must be called with
+ * t->lock held.
+ */
+bool __dmu_queue_report(struct dmu_target *t, struct dmu_out *out)
+{
+	struct dmu_out *last;
+
+	if (!list_empty(&t->outq)) {
+		last = list_last_entry(&t->outq, struct dmu_out, node);
+		if (last->msg.type == DMU_MSG_ALLOCATED &&
+		    dmu_report_extends(t, &last->msg.allocated,
+				       &out->msg.allocated)) {
+			last->msg.allocated.count++;
+			return true;
+		}
+	}
 	list_add_tail(&out->node, &t->outq);
 	if (++t->reports_unwoken >= DMU_REPORT_BATCH) {
 		t->reports_unwoken = 0;
@@ -58,6 +85,7 @@ void __dmu_queue_report(struct dmu_target *t, struct dmu_out *out)
 	} else if (t->reports_unwoken == 1) {
 		queue_delayed_work(t->wq, &t->report_work, DMU_REPORT_DELAY);
 	}
+	return false;
 }
 
 /* DMU_REPORT_DELAY has passed since a report the daemon was not woken for. */

@@ -442,6 +442,7 @@ static void __dmu_cow_prepare(struct dmu_target *t, struct dmu_mapping *cow,
 	p->out.msg.allocated.sector = m->sector;
 	p->out.msg.allocated.alloc_seq = p->seq;
 	p->out.msg.allocated.dev = m->dev;
+	p->out.msg.allocated.count = 1;
 }
 
 /*
@@ -449,21 +450,25 @@ static void __dmu_cow_prepare(struct dmu_target *t, struct dmu_mapping *cow,
  * the writable mapping @m goes in at once, its report is queued in the
  * same breath (as dmu_resolve does), and @bio is remapped like a hit: no
  * pending block, no trip through the release worker. @p lives on as the
- * report until the daemon acknowledges it. Lock held.
+ * report until the daemon acknowledges it, unless the report merged into
+ * the one before it: then this returns true and the caller frees @p.
+ * Lock held.
  */
-static void __dmu_cow_whole(struct dmu_target *t, struct dmu_mapping *cow,
+static bool __dmu_cow_whole(struct dmu_target *t, struct dmu_mapping *cow,
 			    struct dmu_pending *p, struct dmu_mapping *m,
 			    struct bio *bio)
 {
 	struct dmu_per_bio *pb = dmu_pb(bio);
+	bool merged;
 
 	__dmu_cow_prepare(t, cow, p, m);
 	__dmu_mapping_drop(t, cow);
 	__dmu_mapping_install(t, m);
-	__dmu_queue_report(t, &p->out);
+	merged = __dmu_queue_report(t, &p->out);
 	refcount_inc(&m->ref);
 	pb->m[0] = m;
 	pb->nr_m = 1;
+	return merged;
 }
 
 /*
@@ -587,10 +592,11 @@ again:
 		/* A FUA write waits for a commit: the pending path has that. */
 		if (bio_sectors(bio) == dmu_block_len(t, block) &&
 		    !(bio->bi_opf & REQ_FUA)) {
-			__dmu_cow_whole(t, m, newp, newm, bio);
+			/* newp stays set (freed below) if its report merged. */
+			if (!__dmu_cow_whole(t, m, newp, newm, bio))
+				newp = NULL;
 			dev = newm->dev;
 			sector = newm->sector;
-			newp = NULL;
 			newm = NULL;
 			spin_unlock_irqrestore(&t->lock, flags);
 			dmu_remap(t, bio, dev, sector);
@@ -829,11 +835,11 @@ static void dmu_resolve(struct dmu_target *t, struct dmu_pending *p)
 		/*
 		 * Tell the daemon, in the same breath as the mapping goes in:
 		 * a commit covering this allocation is queued after it. @p
-		 * lives on as that request until the daemon acknowledges it.
+		 * lives on as that request until the daemon acknowledges it,
+		 * unless the report merged into the one queued before it.
 		 */
 		p->m = NULL;
-		__dmu_queue_report(t, &p->out);
-		keep = true;
+		keep = !__dmu_queue_report(t, &p->out);
 	}
 	if (!bio_list_empty(&t->release))
 		queue_work(t->wq, &t->release_work);
@@ -1345,7 +1351,9 @@ static int dmu_invalidate_msg(struct dmu_target *t, const struct dmu_msg *msg)
  */
 static int dmu_allocated_ack(struct dmu_target *t, const struct dmu_msg *msg)
 {
+	const struct dmu_allocated *a;
 	struct dmu_mapping *m;
+	u32 i;
 	struct dmu_out *out;
 	unsigned long flags;
 
@@ -1356,10 +1364,13 @@ static int dmu_allocated_ack(struct dmu_target *t, const struct dmu_msg *msg)
 		if (out->msg.type != DMU_MSG_ALLOCATED || out->msg.id != msg->id)
 			continue;
 		list_del(&out->node);
-		m = __dmu_mapping_find(t, out->msg.allocated.block);
-		if (m && (m->flags & DMU_M_KALLOC) &&
-		    m->seq == out->msg.allocated.alloc_seq)
-			m->flags &= ~DMU_M_UNACKED;
+		a = &out->msg.allocated;
+		for (i = 0; i < a->count; i++) {
+			m = __dmu_mapping_find(t, a->block + i);
+			if (m && (m->flags & DMU_M_KALLOC) &&
+			    m->seq == a->alloc_seq + i)
+				m->flags &= ~DMU_M_UNACKED;
+		}
 		spin_unlock_irqrestore(&t->lock, flags);
 		mempool_free(container_of(out, struct dmu_pending, out),
 			     dmu_pending_pool);

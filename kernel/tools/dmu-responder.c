@@ -25,7 +25,8 @@
  * -l LOG    append one line per message read ("batch N", "map ID BLOCK
  *           FLAGS", "commit ID covered=SEQ alloc=SEQ", "inval_done ID BLOCK
  *           COUNT", "copy_error ID BLOCK ERR", "allocated ID BLOCK DEV SECTOR
- *           SEQ", "features ...") and per check ("bad ...").
+ *           SEQ", one per block of a report, "features ...") and per check
+ *           ("bad ...").
  * -D MS     wait MS milliseconds before answering each COMMIT.
  * -I B,C    send DMU_MSG_INVALIDATE for blocks [B, B+C) after opening.
  * -R N      answer for runs of up to N blocks (DMU_FEATURE_MAP_RUN) where
@@ -362,14 +363,20 @@ int main(int argc, char **argv)
 				       (unsigned long long)m->invalidate.count);
 				break;
 			case DMU_MSG_ALLOCATED:
-				logmsg("allocated %llu %llu %u %llu %llu",
-				       (unsigned long long)m->id,
-				       (unsigned long long)m->allocated.block,
-				       m->allocated.dev,
-				       (unsigned long long)m->allocated.sector,
-				       (unsigned long long)m->allocated.alloc_seq);
-				if (allocated && m->allocated.block < feat.nr_blocks)
-					allocated[m->allocated.block] = 1;
+				/* One line per block of the report, all with its id. */
+				for (__u32 b = 0; b < m->allocated.count; b++) {
+					__u64 blk = m->allocated.block + b;
+
+					logmsg("allocated %llu %llu %u %llu %llu",
+					       (unsigned long long)m->id,
+					       (unsigned long long)blk,
+					       m->allocated.dev,
+					       (unsigned long long)(m->allocated.sector +
+						       (__u64)b * feat.block_sectors),
+					       (unsigned long long)(m->allocated.alloc_seq + b));
+					if (allocated && blk < feat.nr_blocks)
+						allocated[blk] = 1;
+				}
 				if (no_ack)
 					break;
 				memset(&out[nout], 0, sizeof(out[0]));

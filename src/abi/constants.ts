@@ -76,7 +76,7 @@ export const MsgType = {
 	INVALIDATE_DONE: 0x04,
 	/** payload: struct dmu_copy_error: a copy-first for reply <id> failed. */
 	COPY_ERROR: 0x05,
-	/** payload: struct dmu_allocated: a COW mapping's first write allocated the block. Answer ALLOCATED_ACK. */
+	/** payload: struct dmu_allocated: COW mappings' first writes allocated `count` neighbouring blocks. Answer ALLOCATED_ACK. */
 	ALLOCATED: 0x06,
 	/** payload: none. Asks for a FEATURES message with the same id. */
 	GET_FEATURES: 0x81,
@@ -253,7 +253,7 @@ export const Payload = {
 			u64('sector', 8),
 			u64('allocSeq', 16, 'alloc_seq'),
 			u32('dev', 24),
-			rsv('reserved0', 28, 4),
+			u32('count', 28),
 			rsv('reserved', 32, 16),
 		],
 	},

@@ -68,15 +68,21 @@ export interface CopyErrorMsg extends Header<typeof MsgType.COPY_ERROR> {
 }
 
 /**
- * A write to a MapFlag.COW mapping made the kernel allocate the block at
- * (dev, sector), writable, not durable. Record it, then ALLOCATED_ACK.
+ * Writes to MapFlag.COW mappings made the kernel allocate `count`
+ * neighbouring blocks: block + i at (dev, sector + i * blockSectors),
+ * allocation number allocSeq + i; writable, not durable. Record every
+ * one, then ALLOCATED_ACK.
  */
 export interface AllocatedMsg extends Header<typeof MsgType.ALLOCATED> {
+	/** The first block. */
 	readonly block: bigint;
+	/** Where the first block lives now. */
 	readonly sector: bigint;
-	/** Number of this allocation (COMMIT.coveredAlloc counts these). */
+	/** Number of the first block's allocation (COMMIT.coveredAlloc counts these). */
 	readonly allocSeq: bigint;
 	readonly dev: number;
+	/** Blocks reported, at least 1. */
+	readonly count: number;
 }
 
 /* daemon -> kernel */

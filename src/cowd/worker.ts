@@ -396,12 +396,20 @@ export class Worker {
 	 */
 	async #recordAllocations(group: readonly AllocatedMsg[]): Promise<Array<DaemonMessage | undefined>> {
 		const image = this.image;
+		const blockSectors = BigInt(image.blockSize / 512);
+		// One settled promise per report: all its blocks recorded, or the first failure.
 		const results = await Promise.allSettled(
 			group.map((m) => {
-				this.stats.allocations++;
+				this.stats.allocations += m.count;
 				try {
 					if (!image.allocated) throw new Error(`${image.format} images cannot record allocations made by the kernel`);
-					return image.allocated(m.block, m.dev, m.sector);
+					if (m.count < 1) throw new Error(`the kernel reported ${m.count} blocks allocated`);
+					const each: Promise<void>[] = [];
+					for (let i = 0; i < m.count; i++) {
+						const n = BigInt(i);
+						each.push(image.allocated(m.block + n, m.dev, m.sector + n * blockSectors));
+					}
+					return each.length === 1 ? each[0]! : Promise.all(each);
 				} catch (e) {
 					return Promise.reject(e);
 				}
@@ -413,17 +421,25 @@ export class Worker {
 				this.stats.errors++;
 				if (this.#unrecorded === undefined || m.allocSeq < this.#unrecorded) this.#unrecorded = m.allocSeq;
 				const err = isDmuError(r.reason) ? r.reason.message : String(r.reason);
-				this.log.error({ block: m.block, dev: m.dev, sector: m.sector, allocSeq: m.allocSeq, err }, 'kernel allocation not recorded: flushes covering it will fail');
+				this.log.error(
+					{ block: m.block, count: m.count, dev: m.dev, sector: m.sector, allocSeq: m.allocSeq, err },
+					'kernel allocation not recorded: flushes covering it will fail',
+				);
 				return undefined;
 			}
-			// The latest number, should a block ever be reported twice: its
-			// commit must wait for the later copy.
-			const known = this.#kernelAllocated.get(m.block);
-			if (known === undefined || known < m.allocSeq) this.#kernelAllocated.set(m.block, m.allocSeq);
+			for (let j = 0; j < m.count; j++) {
+				// The latest number, should a block ever be reported twice:
+				// its commit must wait for the later copy.
+				const block = m.block + BigInt(j);
+				const seq = m.allocSeq + BigInt(j);
+				const known = this.#kernelAllocated.get(block);
+				if (known === undefined || known < seq) this.#kernelAllocated.set(block, seq);
+			}
 			return allocatedAck(m.id);
 		});
 	}
 }
 
 /** Blocks a batch's ALLOCATED messages report: no run of that batch may cover them. */
-const allocatedBlocks = (msgs: readonly DmuMessage[]): bigint[] => msgs.flatMap((m) => (m.type === MsgType.ALLOCATED ? [m.block] : []));
+const allocatedBlocks = (msgs: readonly DmuMessage[]): bigint[] =>
+	msgs.flatMap((m) => (m.type === MsgType.ALLOCATED ? Array.from({ length: m.count }, (_, i) => m.block + BigInt(i)) : []));

@@ -61,6 +61,7 @@ export const GOLDEN_MESSAGES = {
 		sector: 0xc0c1c2c3c4n,
 		allocSeq: 0xc5c6c7c8n,
 		dev: 1,
+		count: 0xc9cacbcc,
 	},
 	ALLOCATED_ACK: { type: MsgType.ALLOCATED_ACK, flags: 0, id: 0xd1d2d3d4d5d6d7d8n },
 } satisfies Record<MsgTypeName, DmuMessage>;

@@ -93,7 +93,7 @@ CHECK_FIELD(dmu_allocated, block, 0, 8);
 CHECK_FIELD(dmu_allocated, sector, 8, 8);
 CHECK_FIELD(dmu_allocated, alloc_seq, 16, 8);
 CHECK_FIELD(dmu_allocated, dev, 24, 4);
-CHECK_FIELD(dmu_allocated, reserved0, 28, 4);
+CHECK_FIELD(dmu_allocated, count, 28, 4);
 CHECK_FIELD(dmu_allocated, reserved, 32, 16);
 
 #ifndef GOLDEN_ASSERTS_ONLY
@@ -215,7 +215,7 @@ int main(void)
 	FIELD(dmu_allocated, sector);
 	FIELD(dmu_allocated, alloc_seq);
 	FIELD(dmu_allocated, dev);
-	FIELD(dmu_allocated, reserved0);
+	FIELD(dmu_allocated, count);
 	FIELD(dmu_allocated, reserved);
 
 	/*
@@ -304,6 +304,7 @@ int main(void)
 	m.allocated.sector = 0x000000c0c1c2c3c4ULL;
 	m.allocated.alloc_seq = 0x00000000c5c6c7c8ULL;
 	m.allocated.dev = 1;
+	m.allocated.count = 0xc9cacbcc;
 	print_msg("ALLOCATED", &m);
 
 	memset(&m, 0, sizeof(m));

@@ -106,7 +106,7 @@ t.test('every non-zero reserved byte of every type is rejected', async (t) => {
 		}
 	}
 	// 11 types; reserved bytes per type from the header.
-	t.equal(checked, 0 + 40 + 32 + 28 + 36 + 48 + 8 + 44 + 28 + 20 + 48, 'every reserved byte tried');
+	t.equal(checked, 0 + 40 + 32 + 28 + 36 + 48 + 8 + 44 + 28 + 16 + 48, 'every reserved byte tried');
 	t.same(abiErrorOf(() => {
 			const b = encodeMessage(GOLDEN_MESSAGES.MAP_REPLY);
 			b[63] = 0x80;

@@ -212,7 +212,7 @@ const BLOCK_SECTORS = 128n; // 64 KiB blocks
 const imageSector = (block: number) => (65536n + BigInt(block) * 65536n) / 512n;
 const baseSector = (block: number) => BigInt(block) * BLOCK_SECTORS;
 const readReq = (id: number, block: number): KernelMessage => ({ type: MsgType.MAP, flags: 0, id: BigInt(id), block: BigInt(block) });
-const allocated = (id: number, block: number, allocSeq: bigint, sector = imageSector(block), dev = 0): KernelMessage => ({
+const allocated = (id: number, block: number, allocSeq: bigint, sector = imageSector(block), dev = 0, count = 1): KernelMessage => ({
 	type: MsgType.ALLOCATED,
 	flags: 0,
 	id: BigInt(id),
@@ -220,6 +220,7 @@ const allocated = (id: number, block: number, allocSeq: bigint, sector = imageSe
 	sector,
 	allocSeq,
 	dev,
+	count,
 });
 const commitAlloc = (id: number, coveredSeq: bigint, coveredAlloc: bigint): KernelMessage => ({
 	type: MsgType.COMMIT,
@@ -532,4 +533,37 @@ t.test('stop() before run() still serves what the kernel queued, then run() ends
 		'the queued report is acknowledged',
 	);
 	t.equal(await worker.run(), 'stopped');
+});
+
+t.test('a report of a range: every block recorded, one acknowledgement, each block committed by its own number', async (t) => {
+	const { path, image } = await cowImage(t);
+	// Blocks 10..13, allocations 5..8; the commit covers up to 6 (blocks 10 and 11).
+	const { answers, worker } = await serve(image, [[allocated(1, 10, 5n, imageSector(10), 0, 4)], [commitAlloc(2, 0n, 6n)]], { features: Feature.COW });
+	t.same(
+		answers.map((a) => [a.type, a.id]),
+		[
+			[MsgType.ALLOCATED_ACK, 1n],
+			[MsgType.COMMIT_DONE, 2n],
+		],
+		'one ack for the report, then the commit',
+	);
+	t.equal(worker.stats.allocations, 4, 'four blocks counted');
+	t.equal(await onDisk(path), 2n, 'the commit made blocks 10 and 11 durable, not 12 and 13');
+	const read = await image.map({ block: 13n, write: false, wholeBlock: false, roFault: false });
+	t.match(read, { kind: 'map', dev: 0, sector: imageSector(13) }, 'the last block of the range is the image\'s');
+	t.equal(byId(answers, 2)?.type === MsgType.COMMIT_DONE && (byId(answers, 2) as { error: number }).error, 0);
+});
+
+t.test('a range with a block in the wrong place: not acknowledged, and flushes covering it fail', async (t) => {
+	const { image } = await cowImage(t);
+	// Block 21's sector would be imageSector(21); the report says one block further.
+	const { answers } = await serve(image, [[allocated(1, 20, 3n, imageSector(21), 0, 2)], [commitAlloc(2, 0n, 4n)]], { features: Feature.COW });
+	t.notOk(byId(answers, 1), 'not acknowledged');
+	t.match(byId(answers, 2), { type: MsgType.COMMIT_DONE, error: 5 }, 'the flush covering it fails');
+});
+
+t.test('runs stop before every block of a range reported in the same batch', async (t) => {
+	const { image } = await cowImage(t);
+	const { answers } = await serve(image, [[readReq(1, 30), allocated(2, 33, 1n, imageSector(33), 0, 3)]], { features: Feature.COW, maxRun: 16 });
+	t.match(byId(answers, 1), { run: 3 }, 'the read of block 30 runs up to block 33, where the range starts');
 });

@@ -234,6 +234,14 @@ start_resp cw $L/cw3.log -m cow=1 -R 16
 check "COW: an unacknowledged allocation is sent again" wait_for grep -qE '^allocated [0-9]+ 7 0 896 3$' $L/cw3.log
 check "COW: acknowledged allocations are not" bash -c "! grep -qE '^allocated [0-9]+ [35] ' $L/cw3.log"
 check "COW: block 7 reads back" cmp <(blk /dev/mapper/cw 4k $((7 * 16))) /tmp/p
+# A 256 KiB write over blocks 12-15 of the run: four whole-block
+# allocations, numbered 4-7, reported in fewer messages than blocks.
+pattern /tmp/w4 262144
+dd if=/tmp/w4 of=/dev/mapper/cw bs=256k seek=3 oflag=direct status=none
+check "COW: a sequential write's allocations are all reported" wait_for grep -qE '^allocated [0-9]+ 15 0 1920 7$' $L/cw3.log
+check "COW: ... each at its place and number" grep -qE '^allocated [0-9]+ 13 0 1664 5$' $L/cw3.log
+check "COW: ... in fewer reports than blocks" test "$(awk '$1 == "allocated" && $3 >= 12 && $3 <= 15 { print $2 }' $L/cw3.log | sort -u | wc -l)" -lt 4
+check "COW: blocks 12-15 read back" cmp <(dd if=/dev/mapper/cw bs=256k skip=3 count=1 iflag=direct status=none) /tmp/w4
 stop_resp
 # Removal with an allocation nobody acknowledged frees it.
 start_resp cw $L/cw4.log -m cow=1 -R 16 -N

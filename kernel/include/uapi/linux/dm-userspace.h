@@ -262,17 +262,21 @@ struct dmu_copy_error {
 };
 
 /*
- * DMU_MSG_ALLOCATED, payload to userspace: a write to a DMU_MAP_COW
- * mapping made the kernel allocate the block at (dev, sector); it is
- * remembered writable and not durable. Answered by DMU_MSG_ALLOCATED_ACK
- * with the same id once the daemon has recorded it.
+ * DMU_MSG_ALLOCATED, payload to userspace: writes to DMU_MAP_COW mappings
+ * made the kernel allocate @count neighbouring blocks: block + i at
+ * (dev, sector + i * block_sectors), allocation number alloc_seq + i.
+ * They are remembered writable and not durable. The kernel grows a
+ * report still waiting to be read when the next allocation follows on in
+ * all three (a sequential first write is then one report per read, not
+ * one per block). Answered by DMU_MSG_ALLOCATED_ACK with the same id once
+ * the daemon has recorded every block of it.
  */
 struct dmu_allocated {
-	__u64 block;
-	__u64 sector;		/* where the block lives now */
-	__u64 alloc_seq;	/* number of this allocation */
+	__u64 block;		/* the first block */
+	__u64 sector;		/* where the first block lives now */
+	__u64 alloc_seq;	/* number of the first block's allocation */
 	__u32 dev;
-	__u32 reserved0;
+	__u32 count;		/* blocks, at least 1 */
 	__u64 reserved[2];
 };
 

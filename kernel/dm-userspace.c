@@ -1353,7 +1353,7 @@ static int dmu_allocated_ack(struct dmu_target *t, const struct dmu_msg *msg)
 {
 	const struct dmu_allocated *a;
 	struct dmu_mapping *m;
-	u32 i;
+	struct rb_node *next;
 	struct dmu_out *out;
 	unsigned long flags;
 
@@ -1365,11 +1365,14 @@ static int dmu_allocated_ack(struct dmu_target *t, const struct dmu_msg *msg)
 			continue;
 		list_del(&out->node);
 		a = &out->msg.allocated;
-		for (i = 0; i < a->count; i++) {
-			m = __dmu_mapping_find(t, a->block + i);
-			if (m && (m->flags & DMU_M_KALLOC) &&
-			    m->seq == a->alloc_seq + i)
+		/* The report's blocks are neighbours in the tree: one walk. */
+		m = __dmu_mapping_ceil(t, a->block);
+		while (m && m->block - a->block < a->count) {
+			if ((m->flags & DMU_M_KALLOC) &&
+			    m->seq == a->alloc_seq + (m->block - a->block))
 				m->flags &= ~DMU_M_UNACKED;
+			next = rb_next(&m->node);
+			m = next ? rb_entry(next, struct dmu_mapping, node) : NULL;
 		}
 		spin_unlock_irqrestore(&t->lock, flags);
 		mempool_free(container_of(out, struct dmu_pending, out),

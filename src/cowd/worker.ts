@@ -396,7 +396,6 @@ export class Worker {
 	 */
 	async #recordAllocations(group: readonly AllocatedMsg[]): Promise<Array<DaemonMessage | undefined>> {
 		const image = this.image;
-		const blockSectors = BigInt(image.blockSize / 512);
 		// One settled promise per report: all its blocks recorded, or the first failure.
 		const results = await Promise.allSettled(
 			group.map((m) => {
@@ -404,12 +403,7 @@ export class Worker {
 				try {
 					if (!image.allocated) throw new Error(`${image.format} images cannot record allocations made by the kernel`);
 					if (m.count < 1) throw new Error(`the kernel reported ${m.count} blocks allocated`);
-					const each: Promise<void>[] = [];
-					for (let i = 0; i < m.count; i++) {
-						const n = BigInt(i);
-						each.push(image.allocated(m.block + n, m.dev, m.sector + n * blockSectors));
-					}
-					return each.length === 1 ? each[0]! : Promise.all(each);
+					return image.allocated(m.block, m.dev, m.sector, m.count);
 				} catch (e) {
 					return Promise.reject(e);
 				}

@@ -154,16 +154,19 @@ export interface Image {
 	 */
 	copyFailed?(block: bigint): Promise<void>;
 	/**
-	 * Optional, required to be offered MapRequest.cow: a write to a `cow`
-	 * answer made the kernel allocate `block` at (dev, sector), the place
-	 * that answer named. Record it as map() records an allocation (not
+	 * Optional, required to be offered MapRequest.cow: writes to `cow`
+	 * answers made the kernel allocate `count` neighbouring blocks, block
+	 * + i at (dev, sector + i * blockSize / 512), the places those answers
+	 * named (a sequential first write reports one range, not one call per
+	 * block). Record them as map() records an allocation (not
 	 * durable until a commit() covers the block) before resolving: cowd
 	 * then acknowledges it and the kernel stops re-sending it. The kernel
 	 * may report an allocation again to a new daemon (the old one died
 	 * before acknowledging): one the image already has is no error. Throws
-	 * DmuError when (dev, sector) is not where the block belongs.
+	 * DmuError when a place is not where its block belongs; then none of
+	 * the range is recorded.
 	 */
-	allocated?(block: bigint, dev: number, sector: bigint): Promise<void>;
+	allocated?(block: bigint, dev: number, sector: bigint, count: number): Promise<void>;
 }
 
 export interface OpenOptions {

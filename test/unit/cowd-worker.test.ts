@@ -261,7 +261,7 @@ async function serve(
 function wrapped(image: Image, map: Image['map'] = (r) => image.map(r), record = false): Image & { asked: MapRequest[] } {
 	const asked: MapRequest[] = [];
 	return {
-		...(record ? { allocated: (b: bigint, dev: number, sector: bigint) => image.allocated!(b, dev, sector) } : {}),
+		...(record ? { allocated: (b: bigint, dev: number, sector: bigint, count: number) => image.allocated!(b, dev, sector, count) } : {}),
 		format: image.format,
 		virtualSize: image.virtualSize,
 		blockSize: image.blockSize,
@@ -336,17 +336,17 @@ t.test('toReply and trimRuns with COW answers', async (t) => {
 
 t.test('ALLOCATED: recorded by the image, acknowledged with its id, a barrier in its batch', async (t) => {
 	const { image } = await cowImage(t);
-	const calls: Array<[bigint, number, bigint]> = [];
+	const calls: Array<[bigint, number, bigint, number]> = [];
 	const record = image.allocated!.bind(image);
-	image.allocated = async (block, dev, sector) => {
-		calls.push([block, dev, sector]);
+	image.allocated = async (block, dev, sector, count) => {
+		calls.push([block, dev, sector, count]);
 		// Slow to record: a read let through before it finished would see the base.
 		await new Promise((r) => setTimeout(r, 20));
-		return record(block, dev, sector);
+		return record(block, dev, sector, count);
 	};
 	// The read of block 3 comes after the kernel allocated it: it must see the allocation.
 	const { answers, worker } = await serve(image, [[allocated(10, 3, 1n), readReq(11, 3)], [allocated(12, 3, 1n)]], { features: Feature.COW });
-	t.same(calls, [[3n, 0, imageSector(3)], [3n, 0, imageSector(3)]], 'image.allocated(block, dev, sector), each time');
+	t.same(calls, [[3n, 0, imageSector(3), 1], [3n, 0, imageSector(3), 1]], 'image.allocated(block, dev, sector, count), each time');
 	t.match(byId(answers, 10), { type: MsgType.ALLOCATED_ACK, flags: 0 }, 'acknowledged with the id of the ALLOCATED');
 	t.match(byId(answers, 11), { type: MsgType.MAP_REPLY, flags: MapFlag.WRITABLE, dev: 0, sector: imageSector(3) }, 'the later read sees the block allocated');
 	t.match(byId(answers, 12), { type: MsgType.ALLOCATED_ACK }, 'a report of a block already recorded (re-sent to a new daemon) is acknowledged too');
@@ -360,10 +360,10 @@ t.test('neighbouring ALLOCATED reports are recorded together, still before what 
 	const record = image.allocated!.bind(image);
 	let inFlight = 0;
 	let most = 0;
-	image.allocated = async (block, dev, sector) => {
+	image.allocated = async (block, dev, sector, count) => {
 		most = Math.max(most, ++inFlight);
 		await new Promise((r) => setTimeout(r, 10));
-		await record(block, dev, sector);
+		await record(block, dev, sector, count);
 		inFlight--;
 	};
 	const reports = Array.from({ length: 32 }, (_, i) => allocated(100 + i, i, BigInt(i + 1)));
@@ -496,10 +496,10 @@ t.test('stop() serves every ALLOCATED the kernel queued before it, and nothing a
 	const record = image.allocated!.bind(image);
 	let started!: () => void;
 	const busy = new Promise<void>((r) => (started = r));
-	image.allocated = async (block, dev, sector) => {
+	image.allocated = async (block, dev, sector, count) => {
 		started();
 		await new Promise((r) => setTimeout(r, 20)); // stop() arrives while the first batch is served
-		return record(block, dev, sector);
+		return record(block, dev, sector, count);
 	};
 	const late = allocated(20, 9, 4n);
 	const ctl = new QueuedControl(2, [late]);
@@ -537,6 +537,12 @@ t.test('stop() before run() still serves what the kernel queued, then run() ends
 
 t.test('a report of a range: every block recorded, one acknowledgement, each block committed by its own number', async (t) => {
 	const { path, image } = await cowImage(t);
+	const calls: number[] = [];
+	const record = image.allocated!.bind(image);
+	image.allocated = (block, dev, sector, count) => {
+		calls.push(count);
+		return record(block, dev, sector, count);
+	};
 	// Blocks 10..13, allocations 5..8; the commit covers up to 6 (blocks 10 and 11).
 	const { answers, worker } = await serve(image, [[allocated(1, 10, 5n, imageSector(10), 0, 4)], [commitAlloc(2, 0n, 6n)]], { features: Feature.COW });
 	t.same(
@@ -548,6 +554,7 @@ t.test('a report of a range: every block recorded, one acknowledgement, each blo
 		'one ack for the report, then the commit',
 	);
 	t.equal(worker.stats.allocations, 4, 'four blocks counted');
+	t.same(calls, [4], 'the image is asked once, for the whole range');
 	t.equal(await onDisk(path), 2n, 'the commit made blocks 10 and 11 durable, not 12 and 13');
 	const read = await image.map({ block: 13n, write: false, wholeBlock: false, roFault: false });
 	t.match(read, { kind: 'map', dev: 0, sector: imageSector(13) }, 'the last block of the range is the image\'s');

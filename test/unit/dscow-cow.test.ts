@@ -53,7 +53,7 @@ t.test('unwritten base blocks: a COW answer for reads and writes, with a run', a
 	t.strictSame(await ask(img, 4n, write({ maxRun: 8 })), cowOf(4n, 8), 'partial write: the same answer, the kernel copies');
 	t.strictSame(await ask(img, 4n, write({ wholeBlock: true })), cowOf(4n, 1), 'whole-block write: the same answer');
 	t.strictSame(await ask(img, 4n, write({ roFault: true })), cowOf(4n, 1), 'a write on a read-only mapping: the same answer');
-	await img.allocated!(7n, 0, imageSector(7n));
+	await img.allocated!(7n, 0, imageSector(7n), 1);
 	t.strictSame(await ask(img, 2n, { maxRun: 8 }), cowOf(2n, 5), 'the run stops before a block the kernel allocated');
 	await img.map({ block: 10n, write: true, wholeBlock: true, roFault: false });
 	t.strictSame(await ask(img, 8n, { maxRun: 8 }), cowOf(8n, 2), 'and before a block allocated by map()');
@@ -97,6 +97,24 @@ t.test('no COW answer where the kernel could not do the copy or the image is not
 	await ro.close();
 });
 
+t.test('allocated() of a range: every block, one live write; a range past the end or of no blocks is refused whole', async (t) => {
+	const image = await setup(t, 1 << 20);
+	const img = await plugin.open(image);
+	await img.allocated!(8n, 0, imageSector(8n), 4);
+	for (const b of [8n, 9n, 10n, 11n]) t.match(await ask(img, b), { kind: 'map', dev: 0, sector: imageSector(b), durable: false }, `block ${b} allocated`);
+	t.match(await ask(img, 12n), { dev: 1 }, 'the block after the range is not');
+	const refusedWith = async (p: Promise<void>) => p.then(() => undefined, (e: unknown) => e);
+	t.ok((await refusedWith(img.allocated!(13n, 0, imageSector(13n), 4))) instanceof DmuError, 'a range past the last block: refused');
+	t.match(await ask(img, 13n), { dev: 1 }, 'and none of it recorded');
+	t.ok((await refusedWith(img.allocated!(13n, 0, imageSector(13n), 0))) instanceof DmuError, 'a range of no blocks: refused');
+	await img.allocated!(10n, 0, imageSector(10n), 3);
+	t.match(await ask(img, 12n), { dev: 0, durable: false }, 'a range overlapping recorded blocks adds the new ones');
+	// The daemon dies: the live bitmap carries the whole range.
+	const again = await plugin.open(image, { resume: true });
+	t.teardown(() => again.close());
+	for (const b of [8n, 9n, 10n, 11n, 12n]) t.match(await ask(again, b), { dev: 0 }, `block ${b} in the live bitmap`);
+});
+
 t.test('the partial last base block (scratch) keeps copy-first', async (t) => {
 	const image = await setup(t, 3 * BS + 3000);
 	const e = await BlockEngine.open(plugin, image);
@@ -113,10 +131,10 @@ t.test('the partial last base block (scratch) keeps copy-first', async (t) => {
 t.test('allocated(): the bit and the live bitmap; a wrong place is refused; a repeat is harmless', async (t) => {
 	const image = await setup(t, 1 << 20);
 	const img = await plugin.open(image);
-	await img.allocated!(4n, 0, imageSector(4n));
+	await img.allocated!(4n, 0, imageSector(4n), 1);
 	t.match(await ask(img, 4n), { kind: 'map', dev: 0, sector: imageSector(4n), writable: true, durable: false }, 'allocated, not durable');
 	t.notOk('cow' in (await ask(img, 4n)), 'and no longer answered with cow');
-	await img.allocated!(4n, 0, imageSector(4n));
+	await img.allocated!(4n, 0, imageSector(4n), 1);
 	t.match(await ask(img, 4n), { dev: 0, durable: false }, 'reported again: unchanged');
 
 	const refused = async (p: Promise<void>, what: string) => {
@@ -126,9 +144,9 @@ t.test('allocated(): the bit and the live bitmap; a wrong place is refused; a re
 		);
 		t.ok(e instanceof DmuError, `${what}: refused with a DmuError`);
 	};
-	await refused(img.allocated!(5n, 0, imageSector(6n)), 'another block\'s sector');
-	await refused(img.allocated!(5n, 1, baseSector(5n)), 'the base device');
-	await refused(img.allocated!(16n, 0, imageSector(16n)), 'past the last block');
+	await refused(img.allocated!(5n, 0, imageSector(6n), 1), 'another block\'s sector');
+	await refused(img.allocated!(5n, 1, baseSector(5n), 1), 'the base device');
+	await refused(img.allocated!(16n, 0, imageSector(16n), 1), 'past the last block');
 	t.match(await ask(img, 5n), { dev: 1, cow: { dev: 0 } }, 'a refused block stays unallocated');
 
 	// The daemon dies before any commit: a resumed one still has block 4.
@@ -136,20 +154,20 @@ t.test('allocated(): the bit and the live bitmap; a wrong place is refused; a re
 	t.match(await ask(again, 4n), { dev: 0, durable: false }, 'block 4 in the live bitmap');
 	await again.commit();
 	t.match(await ask(again, 4n), { dev: 0, durable: true }, 'durable after a commit');
-	await again.allocated!(4n, 0, imageSector(4n));
+	await again.allocated!(4n, 0, imageSector(4n), 1);
 	t.match(await ask(again, 4n), { dev: 0, durable: true }, 'a report of a committed block changes nothing (not pending again)');
 	await again.close();
 
 	const ro = await plugin.open(image, { readOnly: true });
-	await refused(ro.allocated!(9n, 0, imageSector(9n)), 'a read-only image');
+	await refused(ro.allocated!(9n, 0, imageSector(9n), 1), 'a read-only image');
 	await ro.close();
 });
 
 t.test('a kernel allocation reaches the bitmap on disk only through a commit that covers it', async (t) => {
 	const image = await setup(t, 1 << 20);
 	const img = await plugin.open(image);
-	await img.allocated!(2n, 0, imageSector(2n));
-	await img.allocated!(3n, 0, imageSector(3n));
+	await img.allocated!(2n, 0, imageSector(2n), 1);
+	await img.allocated!(3n, 0, imageSector(3n), 1);
 	await img.commit((b) => b === 2n);
 	// Read the committed bitmap without a resume: the live bitmap does not count.
 	const info = await plugin.info(image);
@@ -167,7 +185,7 @@ t.test('a kernel allocation reaches the bitmap on disk only through a commit tha
 t.test('an uncovered kernel allocation is gone after a crash (plain reopen)', async (t) => {
 	const image = await setup(t, 1 << 20);
 	const img = await plugin.open(image);
-	await img.allocated!(6n, 0, imageSector(6n));
+	await img.allocated!(6n, 0, imageSector(6n), 1);
 	await img.commit(() => false);
 	const after = await plugin.open(image);
 	t.teardown(() => after.close());

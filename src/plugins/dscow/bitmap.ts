@@ -45,9 +45,13 @@ export class Bitmap {
 	}
 
 	set(block: bigint): void {
-		const b = Number(block);
-		const w = b >>> 5;
-		this.words[w] = (this.words[w]! | (1 << (b & 31))) >>> 0;
+		this.setNumber(Number(block));
+	}
+
+	/** set() for a block number that fits a double, as has(). */
+	setNumber(block: number): void {
+		const w = block >>> 5;
+		this.words[w] = (this.words[w]! | (1 << (block & 31))) >>> 0;
 	}
 
 	clear(block: bigint): void {

@@ -282,28 +282,47 @@ export class DscowImage implements Image {
 	}
 
 	/**
-	 * The kernel allocated `block` on the first write to a cow answer.
-	 * Recorded like map()'s allocations: the bit now, the live bitmap
-	 * before resolving (a new daemon resuming still knows it), the
-	 * committed bitmap by the commit that covers its allocation. A
-	 * re-sent report of a block already recorded changes nothing.
+	 * The kernel allocated `count` blocks from `block` on on first writes
+	 * to cow answers. Recorded like map()'s allocations: the bits now, the
+	 * live bitmap before resolving (a new daemon resuming still knows
+	 * them), the committed bitmap by the commit that covers them. A
+	 * re-sent report of blocks already recorded changes nothing.
 	 */
-	allocated(block: bigint, dev: number, sector: bigint): Promise<void> {
-		// Not async: a sequential first write reports every block, and the
-		// reports of a batch share one live write; no promise chain each.
+	allocated(block: bigint, dev: number, sector: bigint, count: number): Promise<void> {
+		// Not async, and the range is walked in plain numbers: a sequential
+		// first write reports every block, and under emulation BigInt and
+		// promise work per block was what cowd spent its CPU on.
 		if (this.readOnly) {
 			return Promise.reject(new DmuError('DMU_ERR_READ_ONLY', `${this.path}: the kernel allocated block ${block} in a read-only image`));
 		}
-		if (block < 0n || block >= this.header.blockCount || dev !== IMAGE_DEV || sector !== this.#imageSector(block)) {
+		if (
+			!Number.isSafeInteger(count) ||
+			count < 1 ||
+			block < 0n ||
+			block + BigInt(count) > this.header.blockCount ||
+			dev !== IMAGE_DEV ||
+			sector !== this.#imageSector(block)
+		) {
 			return Promise.reject(
-				new DmuError('DMU_ERR_COW', `${this.path}: the kernel allocated block ${block} at device ${dev} sector ${sector}, not where dscow keeps it`),
+				new DmuError(
+					'DMU_ERR_COW',
+					`${this.path}: the kernel allocated ${count} block(s) from ${block} at device ${dev} sector ${sector}, not where dscow keeps them`,
+				),
 			);
 		}
-		// Recorded already (a re-sent report): once the live writes under way are done.
-		if (this.bitmap.get(block)) return this.#liveChain;
-		this.bitmap.set(block);
-		this.#pending.add(block);
-		return this.#recordLive(block);
+		// Blocks lie at fixed places one block apart, so the first one's
+		// place checked above is every one's.
+		const first = Number(block);
+		let added = false;
+		for (let b = first; b < first + count; b++) {
+			if (this.bitmap.has(b)) continue; // recorded already (a re-sent report)
+			this.bitmap.setNumber(b);
+			this.#pending.add(BigInt(b));
+			this.#liveDirty.add(b >>> 5);
+			added = true;
+		}
+		// Nothing new: resolve once the live writes under way are done.
+		return added ? this.#recordLive(block) : this.#liveChain;
 	}
 
 	/**

@@ -11,6 +11,7 @@
 # Each check state is a throw-away dm-snapshot of vdc (COW on /dev/vdd), so
 # replay goes forward incrementally and checks never disturb it.
 source test/vm/lib/checks.sh
+source test/vm/lib/ext4-base.sh
 load_dmu || exit 10
 modprobe dm-log-writes && modprobe dm-snapshot || exit 11
 # cpt: a check that runs once per cut point (the host counts these apart).
@@ -47,15 +48,7 @@ mkfs.ext4 -q -F -E nodiscard /dev/mapper/lw && mount /dev/mapper/lw $D
 # The base holds an ext4 with files: the dscow disk starts as that file
 # system, so a block whose base contents are lost (a bitmap bit committed
 # before its copy-first data) shows as fsck errors or damaged base files.
-make_base() {
-	truncate -s 64M $D/base.img && mkfs.ext4 -q -F -E nodiscard $D/base.img || return 1
-	mkdir -p /mnt/b && mount -o loop $D/base.img /mnt/b || return 1
-	local i
-	for i in $(seq 24); do mkdir -p /mnt/b/d$((i % 4)) && head -c $((i * 40000)) /dev/urandom >/mnt/b/d$((i % 4))/base-$i; done
-	(cd /mnt/b && find d* -type f -print0 | xargs -0 sha256sum) >$W/base.sums
-	umount /mnt/b && sync
-}
-check "base: 64 MiB ext4 with 24 files" make_base
+check "base: 64 MiB ext4 with 24 files" make_ext4_base $D/base.img 64M 40000 $W/base.sums
 check "dscow image created over a 64 MiB base" node dist/bin/dmu.mjs create -f dscow -b $D/base.img $D/img.dscow
 sync
 check "cowd attaches the image" start_cowd pc

@@ -20,6 +20,7 @@
 # Check functions: scheck (setup only), rcheck (recovery, in cut and final
 # boots), fcheck (final only): the host counts each kind.
 source test/vm/lib/checks.sh
+source test/vm/lib/ext4-base.sh
 scheck() { check "$@"; }
 rcheck() { check "$@"; }
 fcheck() { check "$@"; }
@@ -82,15 +83,6 @@ verify_ok() {
 		grep -q ' missing 0 bad 0 log-missing 0$' "$DMU_OUT/verify.txt.done"
 }
 
-make_base() { # an ext4 with files: lost base contents show as fsck errors or damaged files
-	truncate -s 256M $D/base.img && mkfs.ext4 -q -F -E nodiscard $D/base.img || return 1
-	mkdir -p /mnt/b && mount -o loop $D/base.img /mnt/b || return 1
-	local i
-	for i in $(seq 24); do mkdir -p /mnt/b/b$((i % 4)) && head -c $((i * 20000)) /dev/urandom >/mnt/b/b$((i % 4))/base-$i; done
-	(cd /mnt/b && find b* -type f -print0 | xargs -0 sha256sum) >$D/base.sums
-	umount /mnt/b && sync
-}
-
 # The records process (one node start per boot, started first): checks the
 # image, then the acknowledged records, then writes new ones; each step
 # waits for its file in $W.
@@ -128,7 +120,7 @@ if [ "$MODE" = setup ]; then
 	phase setup
 	start_records "${WRITE_ARGS[@]}"
 	scheck "outer fs made and mounted" bash -c "mkfs.ext4 -q -F /dev/vda && mount /dev/vda $D"
-	scheck "base: 256 MiB ext4 with 24 files" make_base
+	scheck "base: 256 MiB ext4 with 24 files" make_ext4_base $D/base.img 256M 20000 $D/base.sums
 	scheck "dscow image created over the base" $DMU create -f dscow -b $D/base.img $D/img.dscow
 	sync
 	scheck "records process ready (nothing to check yet)" verify_ok

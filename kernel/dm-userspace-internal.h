@@ -88,6 +88,12 @@ struct dmu_target {
 	unsigned int nr_mapped;
 	struct rb_root pending;		/* struct dmu_pending by block */
 	unsigned int nr_pending;
+	/*
+	 * Run of the daemon's last remembered answer: a bio for an unmapped
+	 * block this close after a block with a request in flight waits on
+	 * that request instead of sending its own (see dmu_ride()).
+	 */
+	u32 ride_span;
 	u64 next_id;
 	struct bio_list release;	/* bios the worker submits/remaps */
 

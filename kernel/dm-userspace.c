@@ -260,6 +260,25 @@ static struct dmu_pending *__dmu_pending_ceil(struct dmu_target *t, u64 block)
 	return best;
 }
 
+/* The request in flight for the last block <= @block, if any. Lock held. */
+static struct dmu_pending *__dmu_pending_floor(struct dmu_target *t, u64 block)
+{
+	struct rb_node *n = t->pending.rb_node;
+	struct dmu_pending *best = NULL;
+
+	while (n) {
+		struct dmu_pending *p = rb_entry(n, struct dmu_pending, node);
+
+		if (p->block <= block) {
+			best = p;
+			n = n->rb_right;
+		} else {
+			n = n->rb_left;
+		}
+	}
+	return best;
+}
+
 static void __dmu_pending_insert(struct dmu_target *t, struct dmu_pending *new)
 {
 	struct rb_node **p = &t->pending.rb_node, *parent = NULL;
@@ -503,6 +522,64 @@ static bool __dmu_cow_start(struct dmu_target *t, struct dmu_mapping *cow,
 }
 
 /*
+ * A bio for @block, which has no mapping and no request of its own: let
+ * it wait on the request in flight for a block shortly before it, when
+ * the daemon's answers cover runs that long. A sequential first read or
+ * write otherwise sends a request per block before the first answer
+ * comes (dm core splits the bio at each unmapped block), and the daemon
+ * answers them all, though the first answer's run covers the rest. The
+ * rider goes through dmu_route() again once that request is answered
+ * (dmu_resolve()): it is mapped by the run then, or asks for itself.
+ * Only a plain request takes riders: not one being copied for (its
+ * answer has no run) nor a kernel allocation. Lock held.
+ */
+static bool __dmu_ride(struct dmu_target *t, struct bio *bio, u64 block)
+{
+	struct dmu_pending *p;
+
+	if (t->ride_span <= 1 || !t->nr_pending)
+		return false;
+	p = __dmu_pending_floor(t, block);
+	if (!p || p->copying || p->kalloc || block - p->block >= t->ride_span)
+		return false;
+	/*
+	 * A run never evicts: past the room left, the answer cannot cover
+	 * the rider, which would then ask after it rather than alongside.
+	 */
+	if (block - p->block >= t->max_mappings - min(t->nr_mapped,
+						       t->max_mappings))
+		return false;
+	bio_list_add(&p->bios, bio);
+	return true;
+}
+
+/* Is @bio waiting on @p's request for another block (see __dmu_ride())? */
+static bool dmu_is_rider(struct dmu_target *t, struct dmu_pending *p,
+			 struct bio *bio)
+{
+	return dmu_bio_block(t, bio) != p->block;
+}
+
+/*
+ * Move @p's riders to the release list: the answer for @p's block says
+ * nothing about theirs, so they are routed again. Lock held.
+ */
+static void __dmu_release_riders(struct dmu_target *t, struct dmu_pending *p)
+{
+	struct bio_list own;
+	struct bio *bio;
+
+	bio_list_init(&own);
+	while ((bio = bio_list_pop(&p->bios))) {
+		if (dmu_is_rider(t, p, bio))
+			bio_list_add(&t->release, bio);
+		else
+			bio_list_add(&own, bio);
+	}
+	p->bios = own;
+}
+
+/*
  * Route a read or write bio: remap it through a remembered mapping, or
  * queue it behind the block's request to the daemon. Used by map and by
  * the release worker (bios whose request was answered). Returns a
@@ -618,6 +695,11 @@ again:
 		}
 		r = DM_MAPIO_SUBMITTED;
 		goto out;
+	}
+
+	if (!m && __dmu_ride(t, bio, block)) {
+		r = DM_MAPIO_SUBMITTED;
+		goto out_unlock;
 	}
 
 	if (!newp) {
@@ -806,6 +888,7 @@ static void dmu_resolve(struct dmu_target *t, struct dmu_pending *p)
 
 	spin_lock_irqsave(&t->lock, flags);
 	__dmu_pending_erase(t, p);
+	__dmu_release_riders(t, p);
 	bios = p->bios;
 	bio_list_init(&p->bios);
 
@@ -881,6 +964,9 @@ static void dmu_copy_done(int read_err, unsigned long write_err, void *context)
 	/* Fail the bios, remember nothing, tell the daemon. */
 	spin_lock_irqsave(&t->lock, flags);
 	__dmu_pending_erase(t, p);
+	__dmu_release_riders(t, p);
+	if (!bio_list_empty(&t->release))
+		queue_work(t->wq, &t->release_work);
 	bios = p->bios;
 	bio_list_init(&p->bios);
 	id = p->out.msg.id;
@@ -1094,6 +1180,7 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 	}
 	list_del_init(&p->out.node);
 	p->seq = ++t->reply_seq;
+	t->ride_span = m ? run : 0;
 	if (m) {
 		m->seq = p->seq;
 		/* Before any later reply: replies are applied in order. */

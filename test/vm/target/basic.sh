@@ -361,6 +361,8 @@ check "run: still two requests" eq "$(st rn misses)" 2
 # least the next 256 blocks are mapped either way.)
 dd if=/dev/mapper/rn of=/dev/null bs=1M skip=16 count=1 iflag=direct status=none
 M=$(st rn misses)
+# Riders: the blocks after the first wait on its request, whose run covers them.
+check "run: a cold 1 MiB read sends one request" eq "$M" 3
 dd if=/dev/mapper/rn of=/dev/null bs=4k skip=4352 count=256 iflag=direct status=none
 check "run: the last answer of a sequential read maps ahead" eq "$(st rn misses)" "$M"
 stop_resp
@@ -386,6 +388,10 @@ check "run: stops at max_mappings" eq "$(st rm mapped)" 100
 check "run: nothing evicted" eq "$(st rm evictions)" 0
 check "run: zero run reads zeros" cmp <(blk /dev/mapper/rm 4k 99) <(head -c 4096 /dev/zero)
 check "run: zero run served without the daemon" eq "$(st rm misses)" 1
+# With the table full no run can cover a rider: each block asks for itself.
+dd if=/dev/mapper/rm of=/tmp/rm bs=1M skip=1 count=1 iflag=direct status=none
+check "run: a full table takes no riders: 256 requests" eq "$(st rm misses)" 257
+check "run: and the read returns the zeros" cmp /tmp/rm <(head -c 1048576 /dev/zero)
 stop_resp
 dmsetup remove rm
 

@@ -388,9 +388,11 @@ check "run: stops at max_mappings" eq "$(st rm mapped)" 100
 check "run: nothing evicted" eq "$(st rm evictions)" 0
 check "run: zero run reads zeros" cmp <(blk /dev/mapper/rm 4k 99) <(head -c 4096 /dev/zero)
 check "run: zero run served without the daemon" eq "$(st rm misses)" 1
-# With the table full no run can cover a rider: each block asks for itself.
+# With the table full no run can cover a rider, so none waits on another
+# block's request: each block asks for itself (a block whose mapping was
+# evicted before its bio went on asks again, so at least once each).
 dd if=/dev/mapper/rm of=/tmp/rm bs=1M skip=1 count=1 iflag=direct status=none
-check "run: a full table takes no riders: 256 requests" eq "$(st rm misses)" 257
+check "run: a full table: every block of a 1 MiB read asks for itself" ge "$(st rm misses)" 257
 check "run: and the read returns the zeros" cmp /tmp/rm <(head -c 1048576 /dev/zero)
 stop_resp
 dmsetup remove rm

@@ -91,7 +91,7 @@ struct dmu_target {
 	/*
 	 * Run of the daemon's last remembered answer: a bio for an unmapped
 	 * block this close after a block with a request in flight waits on
-	 * that request instead of sending its own (see dmu_ride()).
+	 * that request instead of sending its own (see __dmu_ride()).
 	 */
 	u32 ride_span;
 	u64 next_id;

@@ -385,14 +385,14 @@ export class Worker {
 	}
 
 	/**
-	 * The kernel allocated these blocks on the first write to a COW
-	 * answer: have the image record each, then acknowledge it (the kernel
-	 * re-sends an unacknowledged one to the next daemon, so a failure is
-	 * not acked). A block the image has already (a re-sent report) is
-	 * acked as well. One async step for the whole group, not one per
-	 * report: a sequential first write reports every block, and under
-	 * emulation the promise chains per report were what cowd spent its
-	 * CPU on (the image's records of a group share one live-bitmap write).
+	 * The kernel allocated blocks on first writes to COW answers: have
+	 * the image record each report's range (one call per report), then
+	 * acknowledge it (the kernel re-sends an unacknowledged one to the
+	 * next daemon, so a failure is not acked). Blocks the image has
+	 * already (a re-sent report) are acked as well. One async step for the
+	 * whole group, not one per report: under emulation the promise chains
+	 * per report were what cowd spent its CPU on (the image's records of a
+	 * group share one live-bitmap write).
 	 */
 	async #recordAllocations(group: readonly AllocatedMsg[]): Promise<Array<DaemonMessage | undefined>> {
 		const image = this.image;

@@ -282,8 +282,8 @@ export class DscowImage implements Image {
 	}
 
 	/**
-	 * The kernel allocated `count` blocks from `block` on on first writes
-	 * to cow answers. Recorded like map()'s allocations: the bits now, the
+	 * The kernel allocated `count` blocks from `block` on, on first
+	 * writes to cow answers. Recorded like map()'s allocations: the bits now, the
 	 * live bitmap before resolving (a new daemon resuming still knows
 	 * them), the committed bitmap by the commit that covers them. A
 	 * re-sent report of blocks already recorded changes nothing.

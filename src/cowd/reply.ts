@@ -59,7 +59,7 @@ function sameAsRun(r: MapReplyMsg, q: MapReplyMsg, blockSectors: bigint): boolea
 /**
  * Cut each run in a batch before the first block that another reply of
  * the same batch answers differently, or that the kernel allocated itself
- * (`allocated`: the blocks of the batch's ALLOCATED messages, Feature.COW;
+ * (`allocated`: the ranges of the batch's ALLOCATED messages, Feature.COW;
  * a run worked out before such a message was applied may cover its
  * block). The kernel already keeps a block's own mapping over a run's,
  * but only while it still remembers it; within one batch that is not
@@ -67,7 +67,13 @@ function sameAsRun(r: MapReplyMsg, q: MapReplyMsg, blockSectors: bigint): boolea
  * with the run (a sequential first read asks for many neighbours at once)
  * leave it whole.
  */
-export function trimRuns(replies: readonly DaemonMessage[], blockSectors: bigint, allocated: readonly bigint[] = []): DaemonMessage[] {
+/** Blocks [block, block + count). */
+export interface BlockRange {
+	readonly block: bigint;
+	readonly count: number;
+}
+
+export function trimRuns(replies: readonly DaemonMessage[], blockSectors: bigint, allocated: readonly BlockRange[] = []): DaemonMessage[] {
 	const maps = replies.filter((r): r is MapReplyMsg => r.type === MsgType.MAP_REPLY);
 	if (!maps.some((r) => r.run > 1)) return [...replies];
 	const cutAt = (r: MapReplyMsg, run: number): MapReplyMsg => ({ ...r, run: run > 1 ? run : 0 });
@@ -85,7 +91,11 @@ export function trimRuns(replies: readonly DaemonMessage[], blockSectors: bigint
 	return replies.map((r) => {
 		if (r.type !== MsgType.MAP_REPLY || r.run <= 1) return r;
 		let end = r.block + BigInt(r.run);
-		for (const a of allocated) if (a > r.block && a < end) end = a;
+		for (const a of allocated) {
+			// The range's first block after the run's own one.
+			const first = a.block > r.block ? a.block : r.block + 1n;
+			if (first < a.block + BigInt(a.count) && first < end) end = first;
+		}
 		for (let i = firstAfter(r.block); i < byBlock.length && byBlock[i]!.block < end; i++) {
 			const q = byBlock[i]!;
 			if (!sameAsRun(r, q, blockSectors)) return cutAt(r, Number(q.block - r.block));

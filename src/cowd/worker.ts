@@ -216,7 +216,7 @@ export class Worker {
 			i = end;
 		}
 		if (replies.length === 0) return;
-		if (this.#maxRun > 1) replies = trimRuns(replies, BigInt(this.image.blockSize / 512), allocatedBlocks(msgs));
+		if (this.#maxRun > 1) replies = trimRuns(replies, BigInt(this.image.blockSize / 512), allocatedRanges(msgs));
 		let refused = new Set<DaemonMessage>();
 		try {
 			await this.ctl.writeBatch(replies);
@@ -434,6 +434,5 @@ export class Worker {
 	}
 }
 
-/** Blocks a batch's ALLOCATED messages report: no run of that batch may cover them. */
-const allocatedBlocks = (msgs: readonly DmuMessage[]): bigint[] =>
-	msgs.flatMap((m) => (m.type === MsgType.ALLOCATED ? Array.from({ length: m.count }, (_, i) => m.block + BigInt(i)) : []));
+/** The ranges a batch's ALLOCATED messages report: no run of that batch may cover them. */
+const allocatedRanges = (msgs: readonly DmuMessage[]): AllocatedMsg[] => msgs.filter((m): m is AllocatedMsg => m.type === MsgType.ALLOCATED);

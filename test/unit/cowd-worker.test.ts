@@ -329,9 +329,13 @@ t.test('toReply and trimRuns with COW answers', async (t) => {
 	t.equal(runOf(trimRuns([run, cowAt(12n, { dev: 1, sector: 96n })], 8n)), 4, 'a neighbour with the same destination and source steps: run kept');
 	t.equal(runOf(trimRuns([run, cowAt(12n, { dev: 1, sector: 500n })], 8n)), 2, 'another source sector: cut before it');
 	t.equal(runOf(trimRuns([run, cowAt(12n, { dev: 2, sector: 96n })], 8n)), 2, 'another source device: cut before it');
-	t.equal(runOf(trimRuns([run], 8n, [13n])), 3, 'cut before a block the batch reports allocated by the kernel');
-	t.equal(runOf(trimRuns([run], 8n, [11n])), 0, 'a run of one is no run');
-	t.equal(runOf(trimRuns([run], 8n, [10n, 14n, 9n])), 4, 'allocations outside the run (or of its own block) do not cut it');
+	const one = (block: bigint) => ({ block, count: 1 });
+	t.equal(runOf(trimRuns([run], 8n, [one(13n)])), 3, 'cut before a block the batch reports allocated by the kernel');
+	t.equal(runOf(trimRuns([run], 8n, [one(11n)])), 0, 'a run of one is no run');
+	t.equal(runOf(trimRuns([run], 8n, [one(10n), one(14n), one(9n)])), 4, 'allocations outside the run (or of its own block) do not cut it');
+	t.equal(runOf(trimRuns([run], 8n, [{ block: 8n, count: 4 }])), 0, 'a range from before the run that reaches into it cuts at the run\'s second block');
+	t.equal(runOf(trimRuns([run], 8n, [{ block: 12n, count: 100 }])), 2, 'a range inside and past the run cuts at its start');
+	t.equal(runOf(trimRuns([run], 8n, [{ block: 6n, count: 5 }])), 4, 'a range that ends at the run\'s own block does not cut it');
 });
 
 t.test('ALLOCATED: recorded by the image, acknowledged with its id, a barrier in its batch', async (t) => {

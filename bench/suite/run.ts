@@ -93,11 +93,18 @@ async function makeDisk(file: string, baseMib: number): Promise<number> {
 	return totalMib;
 }
 
+/** Minutes and seconds since @t0, as 12m05s. */
+function elapsed(t0: number): string {
+	const s = Math.round((Date.now() - t0) / 1000);
+	return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+}
+
 /** Make the scratch disk and run the guest script in one VM boot. */
 async function boot(o: Opts, kver: string, systems: SystemSpec[], jobs: SuiteJob[], disk: string): Promise<VmResult> {
 	const totalMib = await makeDisk(disk, o.baseMib);
 	const perSystem = jobs.length * o.repeat * 2 * (o.runtime + 8) + (o.repeat + 1) * (o.runtime + 8) + 60;
 	const timeoutSec = 240 + systems.length * perSystem + 120;
+	const t0 = Date.now();
 	process.stdout.write(
 		`bench: ${kver}, ${systems.map((s) => s.label).join(', ')}; ${jobs.length} jobs x cold/warm x ${o.repeat}, ` +
 			`${o.runtime} s each, ${o.regionMib} MiB regions, ${o.blockKib} KiB blocks, ${totalMib} MiB scratch disk; ` +
@@ -110,6 +117,10 @@ async function boot(o: Opts, kver: string, systems: SystemSpec[], jobs: SuiteJob
 		disks: [{ path: disk }],
 		memMiB: 2048,
 		timeoutSec,
+		// The guest script's progress lines, with the time since this run began.
+		onLine: (line) => {
+			if (line.startsWith('bench: ')) process.stdout.write(`${line} (${elapsed(t0)})\n`);
+		},
 		env: {
 			BASE_MIB: String(o.baseMib),
 			REGION_MIB: String(o.regionMib),

@@ -10,6 +10,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 
@@ -53,6 +54,8 @@ export interface VmOptions {
 	 * has `killed: true` and exitCode -1.
 	 */
 	killWhen?: { file: string; afterMs: number };
+	/** Called with each console line as it arrives (live progress of long runs). */
+	onLine?: (line: string) => void;
 }
 
 export interface VmResult {
@@ -490,7 +493,7 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 		{
 			stdin: 'ignore',
 			// DMU_VM_VERBOSE=1 also streams the console to our stderr (live debugging).
-			stdout: verbose ? [{ file: consoleFile }, 'pipe'] : { file: consoleFile },
+			stdout: verbose || opts.onLine ? [{ file: consoleFile }, 'pipe'] : { file: consoleFile },
 			stderr: { file: path.join(outDir, 'qemu.stderr') },
 			buffer: false,
 			reject: false,
@@ -498,6 +501,10 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 		},
 	);
 	if (verbose) child.stdout?.pipe(process.stderr, { end: false });
+	if (opts.onLine && child.stdout) {
+		const onLine = opts.onLine;
+		readline.createInterface({ input: child.stdout, crlfDelay: Number.POSITIVE_INFINITY }).on('line', (l) => onLine(l.replaceAll('\r', '')));
+	}
 	if (child.pid !== undefined) liveGroups.add(child.pid);
 	const cut = opts.killWhen && child.pid !== undefined ? armKill(child.pid, path.join(outDir, opts.killWhen.file), opts.killWhen.afterMs) : undefined;
 	let res: Awaited<typeof child>;

@@ -133,7 +133,8 @@ export function collectSystem(
 		for (const mode of MODES) {
 			const runs = [];
 			for (let i = 0; i < repeat; i++) {
-				const file = `fio-${sys.id}-${job.name}-${mode}-${i + 1}.json`;
+				// One fio per repetition: its jobs are named cold, touch and warm.
+				const file = `fio-${sys.id}-${job.name}-${i + 1}.json`;
 				const text = read(file);
 				// A missing or cut-short report means the run stopped under this system (VM killed, timeout).
 				if (text === undefined || text.trim() === '') {
@@ -141,7 +142,7 @@ export function collectSystem(
 					return r;
 				}
 				try {
-					runs.push(parseFio(text, job.rw));
+					runs.push(parseFio(text, job.rw, mode));
 				} catch (e) {
 					r.failed = `incomplete: unreadable fio output ${file}: ${(e as Error).message}`;
 					return r;

@@ -30,13 +30,13 @@ export interface FioNumbers {
 }
 
 /** The numbers of the single job in a fio --output-format=json file. */
-export function parseFio(text: string, rw: JobSpec['rw']): FioNumbers {
+export function parseFio(text: string, rw: JobSpec['rw'], jobName?: string): FioNumbers {
 	// fio may print warnings before the JSON object.
 	const json = JSON.parse(text.slice(text.indexOf('{'))) as {
-		jobs: Array<Record<'read' | 'write', { bw_bytes: number; iops: number; clat_ns: { mean: number } }>>;
+		jobs: Array<Record<'read' | 'write', { bw_bytes: number; iops: number; clat_ns: { mean: number } }> & { jobname?: string }>;
 	};
-	const job = json.jobs[0];
-	if (!job) throw new Error('fio output has no job');
+	const job = jobName === undefined ? json.jobs[0] : json.jobs.find((j) => j.jobname === jobName);
+	if (!job) throw new Error(jobName === undefined ? 'fio output has no job' : `fio output has no job ${jobName}`);
 	const side = rw.endsWith('read') ? job.read : job.write;
 	return { bw: side.bw_bytes, iops: side.iops, latUs: side.clat_ns.mean / 1000 };
 }

@@ -161,9 +161,14 @@ teardown() {
 # may cover a run of up to 4096 blocks (cowd --max-run), so an earlier cold
 # read would otherwise have mapped the regions after it.
 forget() {
+	local cmd
+	cmd=$(forget_cmd "$1")
+	[ -z "$cmd" ] || $cmd || log "invalidate failed on b-$1"
+}
+# forget_cmd SYS: the command forget runs for SYS, empty when it has none.
+forget_cmd() {
 	case "$1" in dscow | dscow-file | qcow2)
-		dmsetup message "b-$1" 0 invalidate 0 $((BASE_S / BLOCK_SECTORS)) ||
-			log "invalidate failed on b-$1"
+		echo "dmsetup message b-$1 0 invalidate 0 $((BASE_S / BLOCK_SECTORS))"
 		;;
 	esac
 }
@@ -181,25 +186,31 @@ cowd_ticks() {
 	sed 's/.*) //' "/proc/$CPID/stat" | awk '{print $12 + $13}'
 }
 
-# fio_passes DEV NAME RW BS IODEPTH OFFSET_MIB OUT: the cold pass, the touch
-# and the warm pass over one region, as three jobs of one fio (each waits
-# for the one before: stonewall), so fio starts once, not three times:
-# under TCG its start-up was a good part of the suite's time.
-#   cold: one pass over never-touched blocks, capped at RUNTIME.
+# fio_workload SYS DEV NAME RW BS IODEPTH OUT: every repetition of one
+# workload, each over its own never-touched region, in one fio: three
+# stonewalled jobs per repetition (each starts when the one before ends),
+# named <pass>.<rep>:
+#   cold: one pass over never-touched blocks, capped at RUNTIME; a dmu
+#     target forgets its mappings first (forget, as fio's exec_prerun).
 #   touch (untimed): every block of the region read or written (as RW
 #     does) once, so the warm pass finds all of it touched: a cold pass
 #     cut short by the cap (4 KiB random writes) leaves blocks untouched.
 #   warm: time based (RUNTIME) over the same blocks.
-# The JSON output has one entry per job, by name.
-fio_passes() {
-	local touch=read
-	case "$3" in *write) touch=write ;; esac
-	fio --filename="$1" --direct=1 --ioengine=libaio --offset="$6M" --size="${REGION_MIB}M" \
-		--randrepeat=0 --eta=never --output-format=json --output="$7" \
-		--name=cold --rw="$3" --bs="$4" --iodepth="$5" --runtime="$RUNTIME" \
-		--name=touch --stonewall --rw=$touch --bs="$BS_BYTES" --iodepth=4 \
-		--name=warm --stonewall --rw="$3" --bs="$4" --iodepth="$5" --runtime="$RUNTIME" --time_based \
-		>/dev/null 2>"$7.err"
+# One fio, not one per pass: under TCG fio takes 1.5 s to start (it links
+# some 60 libraries, read over 9p), which was a third of the suite's time.
+fio_workload() {
+	local touch=read args=() rep pre
+	case "$4" in *write) touch=write ;; esac
+	pre=$(forget_cmd "$1")
+	for rep in $(seq "$REPEAT"); do
+		next_region
+		args+=(--name="cold.$rep" --stonewall --offset="${off}M" --rw="$4" --bs="$5" --iodepth="$6" --runtime="$RUNTIME")
+		[ -n "$pre" ] && args+=(--exec_prerun="$pre")
+		args+=(--name="touch.$rep" --stonewall --offset="${off}M" --rw=$touch --bs="$BS_BYTES" --iodepth=4)
+		args+=(--name="warm.$rep" --stonewall --offset="${off}M" --rw="$4" --bs="$5" --iodepth="$6" --runtime="$RUNTIME" --time_based)
+	done
+	fio --filename="$2" --direct=1 --ioengine=libaio --size="${REGION_MIB}M" \
+		--randrepeat=0 --eta=never --output-format=json --output="$7" "${args[@]}" >/dev/null 2>"$7.err"
 }
 
 for sys in $SYSTEMS; do
@@ -218,19 +229,15 @@ for sys in $SYSTEMS; do
 	broken=""
 	for job in $JOBS; do
 		IFS=: read -r name rw bs qd <<<"$job"
-		for rep in $(seq "$REPEAT"); do
-			next_region
-			forget "$sys"
-			out="$DMU_OUT/fio-$sys-$name-$rep.json"
-			c0=$(cowd_ticks)
-			if ! fio_passes "$dev" "$name" "$rw" "$bs" "$qd" "$off" "$out"; then
-				broken="$name rep $rep: $(tail -2 "$out.err" | tr '\n' ' ')"
-				break 2
-			fi
-			if [ -n "$CPID" ]; then
-				echo "$name $rep $(($(cowd_ticks) - c0))" >>"$DMU_OUT/cowd-ticks-$sys.txt"
-			fi
-		done
+		out="$DMU_OUT/fio-$sys-$name.json"
+		c0=$(cowd_ticks)
+		if ! fio_workload "$sys" "$dev" "$name" "$rw" "$bs" "$qd" "$out"; then
+			broken="$name: $(tail -2 "$out.err" | tr '\n' ' ')"
+			break
+		fi
+		if [ -n "$CPID" ]; then
+			echo "$name $(($(cowd_ticks) - c0))" >>"$DMU_OUT/cowd-ticks-$sys.txt"
+		fi
 		log "$sys $name done"
 	done
 	if [ -n "$broken" ]; then
@@ -240,14 +247,20 @@ for sys in $SYSTEMS; do
 	fi
 	# Time to first byte of a cold read: one 4 KiB direct read of a
 	# never-touched block, timed by fio itself (submission to completion):
-	# timing a whole dd measured mostly its start-up under TCG.
+	# timing a whole dd measured mostly its start-up under TCG. One fio,
+	# one job per repetition; a dmu target forgets before each, or the
+	# first read's run would have mapped the blocks of the next ones.
 	next_region
+	pre=$(forget_cmd "$sys")
+	args=()
 	for rep in $(seq "$REPEAT"); do
-		fio --name=ttfb --filename="$dev" --rw=read --bs=4k --size=4k --ioengine=psync --direct=1 \
-			--offset=$((off * 1048576 + rep * 4 * BS_BYTES)) --output-format=json --output="$DMU_OUT/ttfb-$sys-$rep.json" >/dev/null 2>&1 &&
-			node -e 'const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); console.log(Math.round(j.jobs[0].read.lat_ns.mean / 1000))' \
-				"$DMU_OUT/ttfb-$sys-$rep.json" >>"$DMU_OUT/ttfb-$sys.txt"
+		args+=(--name="ttfb.$rep" --stonewall --offset=$((off * 1048576 + rep * 4 * BS_BYTES)))
+		[ -n "$pre" ] && args+=(--exec_prerun="$pre")
 	done
+	fio --filename="$dev" --rw=read --bs=4k --size=4k --ioengine=psync --direct=1 \
+		--output-format=json --output="$DMU_OUT/ttfb-$sys.json" "${args[@]}" >/dev/null 2>&1 &&
+		node -e 'for (const j of JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).jobs) console.log(Math.round(j.read.lat_ns.mean / 1000))' \
+			"$DMU_OUT/ttfb-$sys.json" >"$DMU_OUT/ttfb-$sys.txt"
 	# Map requests per second cowd sustains: block-sized random reads at depth 32 over never-mapped blocks,
 	# counted by the target's miss counter. cowd answers one block per request here (--max-run 1):
 	# with runs, the first read would map the whole region and there would be nothing to count.

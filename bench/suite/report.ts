@@ -130,19 +130,19 @@ export function collectSystem(
 	}
 	r.setupMs = Number(setup.trim());
 	for (const job of jobs) {
+		// One fio per workload: its jobs are named <pass>.<rep> (cold.1, touch.1, warm.1, cold.2, ...).
+		const file = `fio-${sys.id}-${job.name}.json`;
+		const text = read(file);
+		// A missing or cut-short report means the run stopped under this system (VM killed, timeout).
+		if (text === undefined || text.trim() === '') {
+			r.failed = `incomplete: no fio output ${file} (the VM stopped during this system?)`;
+			return r;
+		}
 		for (const mode of MODES) {
 			const runs = [];
 			for (let i = 0; i < repeat; i++) {
-				// One fio per repetition: its jobs are named cold, touch and warm.
-				const file = `fio-${sys.id}-${job.name}-${i + 1}.json`;
-				const text = read(file);
-				// A missing or cut-short report means the run stopped under this system (VM killed, timeout).
-				if (text === undefined || text.trim() === '') {
-					r.failed = `incomplete: no fio output ${file} (the VM stopped during this system?)`;
-					return r;
-				}
 				try {
-					runs.push(parseFio(text, job.rw, mode));
+					runs.push(parseFio(text, job.rw, `${mode}.${i + 1}`));
 				} catch (e) {
 					r.failed = `incomplete: unreadable fio output ${file}: ${(e as Error).message}`;
 					return r;

@@ -33,16 +33,17 @@ function fioJob(job: SuiteJob, iops: number, name: string): unknown {
 	return { ...j.jobs[0], jobname: name, [isRead ? 'read' : 'write']: side };
 }
 
-/** One repetition's fio report as the guest writes it: jobs cold, touch, warm. */
-function fioPasses(job: SuiteJob, coldIops: number, warmIops: number, names = ['cold', 'touch', 'warm']): string {
+/** One workload's fio report as the guest writes it: jobs <pass>.<rep>, IOPS per repetition. */
+function fioWorkload(job: SuiteJob, reps: Array<{ cold: number; warm: number }>, passes = ['cold', 'touch', 'warm']): string {
 	const j = JSON.parse(fixture('fio-write-1M.json'));
-	const iops = [coldIops, warmIops, warmIops];
-	j.jobs = names.map((n, i) => fioJob(job, iops[i]!, n));
+	j.jobs = reps.flatMap((r, i) => passes.map((p) => fioJob(job, p === 'cold' ? r.cold : r.warm, `${p}.${i + 1}`)));
 	return JSON.stringify(j);
 }
 
 const JOBS = SUITE_JOBS.filter((j) => j.name === 'seq-write' || j.name === 'rand-read-qd32');
 const REPEAT = 3;
+/** IOPS factors of the three repetitions: the median is the middle one. */
+const REPS = [0.9, 1, 1.2];
 
 /** Guest files for systems whose IOPS are base * factor (reps: x0.9, x1, x1.2 so the median is base*factor). */
 function guestFiles(factors: Record<string, number>, failed: Record<string, string> = {}): Map<string, string> {
@@ -50,9 +51,7 @@ function guestFiles(factors: Record<string, number>, failed: Record<string, stri
 	for (const [id, f] of Object.entries(factors)) {
 		files.set(`setup-ms-${id}.txt`, '1234\n');
 		for (const job of JOBS) {
-			for (const [i, k] of [0.9, 1, 1.2].entries()) {
-				files.set(`fio-${id}-${job.name}-${i + 1}.json`, fioPasses(job, 500 * f * k, 1000 * f * k));
-			}
+			files.set(`fio-${id}-${job.name}.json`, fioWorkload(job, REPS.map((k) => ({ cold: 500 * f * k, warm: 1000 * f * k }))));
 		}
 		files.set(`ttfb-${id}.txt`, '300\n100\n200\n');
 	}
@@ -116,14 +115,14 @@ t.test("MAP requests/s use fio's own run time when its output was kept", async (
 
 t.test('a missing or empty fio file marks the system incomplete, not zero', async (t) => {
 	const files = guestFiles(FACTORS);
-	files.delete('fio-thin-seq-write-2.json');
-	files.set('fio-nbdkit-rand-read-qd32-3.json', '');
-	// fio stopped after the cold pass (the VM died during the touch).
-	files.set('fio-qcow2-seq-write-1.json', fioPasses(JOBS[0]!, 500, 1000, ['cold']));
+	files.delete('fio-thin-seq-write.json');
+	files.set('fio-nbdkit-rand-read-qd32.json', '');
+	// fio stopped after the first cold pass (the VM died during the touch).
+	files.set('fio-qcow2-seq-write.json', fioWorkload(JOBS[0]!, [{ cold: 500, warm: 1000 }], ['cold']));
 	const res = results(files);
-	t.match(res.systems.find((s) => s.id === 'thin')!.failed, /incomplete: no fio output fio-thin-seq-write-2\.json/);
-	t.match(res.systems.find((s) => s.id === 'nbdkit')!.failed, /incomplete: no fio output fio-nbdkit-rand-read-qd32-3\.json/);
-	t.match(res.systems.find((s) => s.id === 'qcow2')!.failed, /unreadable fio output fio-qcow2-seq-write-1\.json: fio output has no job warm/);
+	t.match(res.systems.find((s) => s.id === 'thin')!.failed, /incomplete: no fio output fio-thin-seq-write\.json/);
+	t.match(res.systems.find((s) => s.id === 'nbdkit')!.failed, /incomplete: no fio output fio-nbdkit-rand-read-qd32\.json/);
+	t.match(res.systems.find((s) => s.id === 'qcow2')!.failed, /unreadable fio output fio-qcow2-seq-write\.json: fio output has no job cold\.2/);
 	t.notOk(res.systems.find((s) => s.id === 'dscow')!.failed);
 	t.match(markdown(res, JOBS), /\*\*FAILED: dm-thin\*\* — incomplete/);
 });

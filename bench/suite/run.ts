@@ -8,7 +8,7 @@
  * bench/results/<time>/ and prints the Markdown. Exits non-zero when a peer
  * could not be set up. See bench/README.md.
  *
- *   npm run build && node dist/bench/suite/run.js [--runtime 3] [--repeat 3]
+ *   npm run build && node dist/bench/suite/run.js [--runtime 2] [--repeat 3]
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -35,7 +35,7 @@ const program = new Command('bench')
 	.option('--base-mib <n>', 'base image size, MiB (random data)', positive('--base-mib'), 512)
 	.option('--region-mib <n>', 'never-touched area each cold run gets, MiB', positive('--region-mib'), 16)
 	.option('--block-kib <n>', 'CoW block size of every system, KiB', positive('--block-kib'), 64)
-	.option('--runtime <s>', 'fio seconds per run (cap of cold runs)', positive('--runtime'), 3)
+	.option('--runtime <s>', 'fio seconds per run (cap of cold runs)', positive('--runtime'), 2)
 	.option('--repeat <n>', 'repetitions per measurement (medians reported)', positive('--repeat'), 3)
 	.option(
 		'--systems <ids>',

@@ -115,6 +115,23 @@ t.test('allocated() of a range: every block, one live write; a range past the en
 	for (const b of [8n, 9n, 10n, 11n, 12n]) t.match(await ask(again, b), { dev: 0 }, `block ${b} in the live bitmap`);
 });
 
+t.test('scattered allocations reach the live bitmap, in one span or word by word, and only they', async (t) => {
+	// 65,536 blocks: 2,048 bitmap words, more than one live write spans.
+	const image = await setup(t, 1 << 20, 4n << 30n);
+	const img = await plugin.open(image);
+	const near = [3n, 100n, 3000n, 31n]; // words 0, 3 and 93: one span
+	const far = [5n, 40000n, 65535n]; // words 0, 1250 and 2047: too far apart for one
+	await Promise.all(near.map((b) => img.allocated!(b, 0, imageSector(b), 1)));
+	await Promise.all(far.map((b) => img.allocated!(b, 0, imageSector(b), 1)));
+	// The daemon dies before any commit: a resumed one has them all, and nothing else.
+	const again = await plugin.open(image, { resume: true });
+	t.teardown(() => again.close());
+	for (const b of [...near, ...far]) t.match(await again.map({ block: b, write: false, wholeBlock: false, roFault: false }), { dev: 0 }, `block ${b} in the live bitmap`);
+	for (const b of [4n, 32n, 101n, 2999n, 3001n, 39999n, 65534n]) {
+		t.notMatch(await again.map({ block: b, write: false, wholeBlock: false, roFault: false }), { kind: 'map', dev: 0 }, `block ${b} is not`);
+	}
+});
+
 t.test('the partial last base block (scratch) keeps copy-first', async (t) => {
 	const image = await setup(t, 3 * BS + 3000);
 	const e = await BlockEngine.open(plugin, image);

@@ -84,7 +84,7 @@ struct dmu_target {
 	 */
 	spinlock_t lock;
 	struct rb_root mappings;	/* struct dmu_mapping by block */
-	struct list_head lru;		/* oldest first */
+	struct list_head lru;		/* mapping order, CLOCK-scanned */
 	unsigned int nr_mapped;
 	struct rb_root pending;		/* struct dmu_pending by block */
 	unsigned int nr_pending;

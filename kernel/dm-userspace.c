@@ -95,6 +95,12 @@ struct dmu_mapping {
  * could answer the block again as unallocated (in a run for a neighbour).
  */
 #define DMU_M_UNACKED	(1U << 14)
+/*
+ * Hit since eviction last passed it: a hit sets only this bit, so the hit
+ * path writes the mapping alone and never the LRU list's neighbours; the
+ * eviction scan gives such a mapping a second chance (CLOCK).
+ */
+#define DMU_M_REFERENCED (1U << 13)
 
 /* A block waiting for the daemon (or for its copy-first). */
 struct dmu_pending {
@@ -345,25 +351,38 @@ static bool dmu_mapping_uncommitted(struct dmu_target *t,
 }
 
 /*
- * Make room for one mapping: prefer the oldest clean one (no bio in
- * flight, committed) among the first few, else the oldest the daemon
- * knows of. False when every mapping is an unacknowledged allocation:
- * the table then holds more than max_mappings for a moment. Lock held.
+ * Make room for one mapping. The LRU list is in order of mapping and a
+ * hit only marks DMU_M_REFERENCED, so this is CLOCK: among the first few,
+ * a referenced mapping loses its mark and goes to the tail (a second
+ * chance), and the first unreferenced clean one (no bio in flight,
+ * committed) is the victim; else the first unreferenced one the daemon
+ * knows of; else the oldest the daemon knows of. False when every mapping
+ * is an unacknowledged allocation: the table then holds more than
+ * max_mappings for a moment. Lock held.
  */
 static bool __dmu_evict_one(struct dmu_target *t)
 {
-	struct dmu_mapping *m, *victim = NULL;
+	struct dmu_mapping *m, *tmp, *victim = NULL, *known = NULL;
 	unsigned int scanned = 0;
 
-	list_for_each_entry(m, &t->lru, lru) {
+	list_for_each_entry_safe(m, tmp, &t->lru, lru) {
+		if (++scanned > DMU_EVICT_SCAN)
+			break;
+		if (m->flags & DMU_M_REFERENCED) {
+			m->flags &= ~DMU_M_REFERENCED;
+			list_move_tail(&m->lru, &t->lru);
+			continue;
+		}
 		if (refcount_read(&m->ref) == 1 &&
 		    !dmu_mapping_uncommitted(t, m)) {
 			victim = m;
 			break;
 		}
-		if (++scanned >= DMU_EVICT_SCAN)
-			break;
+		if (!known && !(m->flags & DMU_M_UNACKED))
+			known = m;
 	}
+	if (!victim)
+		victim = known;
 	if (!victim) {
 		list_for_each_entry(m, &t->lru, lru) {
 			if (!(m->flags & DMU_M_UNACKED)) {
@@ -377,6 +396,13 @@ static bool __dmu_evict_one(struct dmu_target *t)
 	__dmu_mapping_drop(t, victim);
 	t->evictions++;
 	return true;
+}
+
+/* A hit: mark it for the eviction scan, if not yet. Lock held. */
+static inline void __dmu_mapping_touch(struct dmu_mapping *m)
+{
+	if (!(m->flags & DMU_M_REFERENCED))
+		m->flags |= DMU_M_REFERENCED;
 }
 
 static void __dmu_mapping_install(struct dmu_target *t, struct dmu_mapping *m)
@@ -614,9 +640,14 @@ again:
 
 	m = __dmu_mapping_find(t, block);
 	if (m && (!write || (m->flags & DMU_MAP_WRITABLE))) {
-		if (!released)
+		/*
+		 * A released bio is the one the mapping was made for (or
+		 * queued with it): a use again is what earns the mark.
+		 */
+		if (!released) {
 			t->hits++;
-		list_move_tail(&m->lru, &t->lru);
+			__dmu_mapping_touch(m);
+		}
 		if (m->flags & DMU_MAP_ZERO) {
 			spin_unlock_irqrestore(&t->lock, flags);
 			zero_fill_bio(bio);
@@ -780,7 +811,7 @@ static bool __dmu_remap_run(struct dmu_target *t, struct bio *bio, u64 first,
 
 	for (i = 0; i < nr; i++) {
 		refcount_inc(&pb->m[i]->ref);
-		list_move_tail(&pb->m[i]->lru, &t->lru);
+		__dmu_mapping_touch(pb->m[i]);
 	}
 	pb->nr_m = nr;
 	t->hits += nr;

@@ -397,6 +397,24 @@ check "run: and the read returns the zeros" cmp /tmp/rm <(head -c 1048576 /dev/z
 stop_resp
 dmsetup remove rm
 
+# Eviction keeps what is in use: with the table full, block 0 was hit
+# since it was mapped, so the next miss evicts block 1, the oldest not hit
+# since (a plain FIFO would drop block 0).
+dmsetup create ev --table "0 $SZ userspace ev 8 2 max_mappings 8 /dev/vda"
+start_resp ev $L/ev.log
+for b in 0 1 2 3 4 5 6 7; do blk /dev/mapper/ev 4k $b >/dev/null; done
+blk /dev/mapper/ev 4k 0 >/dev/null
+check "eviction: a full table, nothing evicted yet" eq "$(st ev evictions)" 0
+blk /dev/mapper/ev 4k 8 >/dev/null
+check "eviction: a miss on a full table evicts one mapping" eq "$(st ev evictions)" 1
+check "eviction: max_mappings kept" eq "$(st ev mapped)" 8
+blk /dev/mapper/ev 4k 0 >/dev/null
+check "eviction: the block hit since it was mapped stayed" eq "$(st ev misses)" 9
+blk /dev/mapper/ev 4k 1 >/dev/null
+check "eviction: the oldest block not hit since went" eq "$(st ev misses)" 10
+stop_resp
+dmsetup remove ev
+
 # --- bad input from the daemon -----------------------------------------
 dmsetup create bd --table "0 $SZ userspace bd 8 /dev/vda /dev/vdb"
 start_resp bd $L/bd.log -V -x 100000

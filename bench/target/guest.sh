@@ -6,6 +6,7 @@
 #   SIZE_MIB BLOCK_SECTORS       area measured, dmu block size
 #   RUNTIME RAMP REPEAT IODEPTH  fio settings
 #   JOBS                         "name:rw:bs ..." e.g. "seq-read:read:1M"
+#   DMU_KO                       the module to load (host path, seen via 9p)
 # /dev/vda is the backing device both targets map.
 set -euo pipefail
 
@@ -14,7 +15,7 @@ SECTORS=$((SIZE_MIB * 2048))
 RLOG=/tmp/responder.jsonl
 
 modprobe dm-mod
-insmod "kernel/build/$KVER/dmu.ko"
+insmod "${DMU_KO:-kernel/build/$KVER/dmu.ko}"
 dmsetup create bench-lin --table "0 $SECTORS linear /dev/vda 0"
 dmsetup create bench-dmu --table "0 $SECTORS userspace bench $BLOCK_SECTORS /dev/vda"
 
@@ -40,20 +41,36 @@ dmsetup status bench-dmu >"$DMU_OUT/status-prewarm.txt"
 wc -l <"$RLOG" >"$DMU_OUT/log-lines-prewarm"
 log "prewarm $(cat "$DMU_OUT/prewarm-ms") ms: $(cat "$DMU_OUT/status-prewarm.txt")"
 
-# Each job on both devices; the order alternates between repetitions so
-# neither device always runs first (TCG timing drifts).
+# Each job on both devices, as pairs of short runs in one fio: jobs
+# lin.N and dmu.N run one after the other (stonewall), the order
+# alternating between pairs so neither device always runs first. TCG's
+# speed drifts over seconds; the two runs of a pair see nearly the same
+# machine, and one fio pays its start-up (~1.5 s here) once per job.
 for job in $JOBS; do
 	IFS=: read -r name rw bs <<<"$job"
+	f=/tmp/$name.fio
+	cat >"$f" <<-EOF
+		[global]
+		rw=$rw
+		bs=$bs
+		direct=1
+		ioengine=libaio
+		iodepth=$IODEPTH
+		size=${SIZE_MIB}M
+		time_based
+		runtime=$RUNTIME
+		ramp_time=$RAMP
+		randrepeat=0
+		stonewall
+	EOF
 	for rep in $(seq "$REPEAT"); do
 		if [ $((rep % 2)) -eq 1 ]; then order="lin dmu"; else order="dmu lin"; fi
 		for dev in $order; do
-			log "$name $dev rep $rep"
-			fio --name="$name" --filename="/dev/mapper/bench-$dev" --rw="$rw" --bs="$bs" \
-				--direct=1 --ioengine=libaio --iodepth="$IODEPTH" --size="${SIZE_MIB}M" \
-				--time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --randrepeat=0 --eta=never \
-				--output-format=json --output="$DMU_OUT/fio-$name-$dev-$rep.json"
+			printf '[%s.%s]\nfilename=/dev/mapper/bench-%s\n' "$dev" "$rep" "$dev" >>"$f"
 		done
 	done
+	log "$name: $REPEAT pairs of $RUNTIME s runs"
+	fio --eta=never --output-format=json --output="$DMU_OUT/fio-$name.json" "$f"
 done
 
 dmsetup status bench-dmu >"$DMU_OUT/status-end.txt"

@@ -27,18 +27,34 @@ export interface FioNumbers {
 	iops: number;
 	/** Mean completion latency, microseconds. */
 	latUs: number;
+	/**
+	 * CPU time of fio's thread per I/O, microseconds (user + system over the
+	 * measured window, from getrusage): with libaio the submission runs in
+	 * that thread, dm's map() included; completions (end_io) mostly run in
+	 * interrupt context and are not in it. NaN when fio did no I/O.
+	 */
+	cpuUs: number;
 }
 
 /** The numbers of the single job in a fio --output-format=json file. */
 export function parseFio(text: string, rw: JobSpec['rw'], jobName?: string): FioNumbers {
 	// fio may print warnings before the JSON object.
 	const json = JSON.parse(text.slice(text.indexOf('{'))) as {
-		jobs: Array<Record<'read' | 'write', { bw_bytes: number; iops: number; clat_ns: { mean: number } }> & { jobname?: string }>;
+		jobs: Array<
+			Record<'read' | 'write', { bw_bytes: number; iops: number; total_ios: number; clat_ns: { mean: number } }> & {
+				jobname?: string;
+				usr_cpu: number;
+				sys_cpu: number;
+				job_runtime: number;
+			}
+		>;
 	};
 	const job = jobName === undefined ? json.jobs[0] : json.jobs.find((j) => j.jobname === jobName);
 	if (!job) throw new Error(jobName === undefined ? 'fio output has no job' : `fio output has no job ${jobName}`);
 	const side = rw.endsWith('read') ? job.read : job.write;
-	return { bw: side.bw_bytes, iops: side.iops, latUs: side.clat_ns.mean / 1000 };
+	// usr_cpu and sys_cpu are percent of job_runtime (milliseconds).
+	const cpuUs = side.total_ios > 0 ? (((job.usr_cpu + job.sys_cpu) / 100) * job.job_runtime * 1000) / side.total_ios : Number.NaN;
+	return { bw: side.bw_bytes, iops: side.iops, latUs: side.clat_ns.mean / 1000, cpuUs };
 }
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -51,6 +67,24 @@ export interface Row {
 	ratio: number;
 	/** Ratio per repetition, to show the spread. */
 	ratios: number[];
+	/** dmu CPU per I/O / dm-linear CPU per I/O (> 1: dmu costs more). */
+	cpuRatio: number;
+	/** Mean of the per-repetition ratios and its 95% confidence half-width (Student's t). */
+	repMean: number;
+	ci95: number;
+}
+
+/** Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 past 30). */
+const T95 = [Number.NaN, 12.71, 4.3, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.2, 2.18, 2.16, 2.14, 2.13, 2.12, 2.11, 2.1, 2.09, 2.09];
+
+/** Mean and 95% confidence half-width of a sample (NaN half-width for fewer than 2). */
+export function meanCi95(xs: readonly number[]): { mean: number; ci95: number } {
+	const n = xs.length;
+	const m = xs.reduce((a, b) => a + b, 0) / n;
+	if (n < 2) return { mean: m, ci95: Number.NaN };
+	const sd = Math.sqrt(xs.reduce((a, x) => a + (x - m) ** 2, 0) / (n - 1));
+	const t = n - 1 < T95.length ? T95[n - 1]! : n - 1 <= 30 ? 2.05 : 1.96;
+	return { mean: m, ci95: (t * sd) / Math.sqrt(n) };
 }
 
 /** Average the repetitions of one job; ratio of the means. */
@@ -59,10 +93,13 @@ export function row(job: JobSpec, lin: FioNumbers[], dmu: FioNumbers[]): Row {
 		bw: mean(xs.map((x) => x.bw)),
 		iops: mean(xs.map((x) => x.iops)),
 		latUs: mean(xs.map((x) => x.latUs)),
+		cpuUs: mean(xs.map((x) => x.cpuUs)),
 	});
 	const l = avg(lin);
 	const d = avg(dmu);
-	return { job, lin: l, dmu: d, ratio: d.bw / l.bw, ratios: lin.map((x, i) => (dmu[i]?.bw ?? Number.NaN) / x.bw) };
+	const ratios = lin.map((x, i) => (dmu[i]?.bw ?? Number.NaN) / x.bw);
+	const { mean: repMean, ci95 } = meanCi95(ratios);
+	return { job, lin: l, dmu: d, ratio: d.bw / l.bw, ratios, cpuRatio: d.cpuUs / l.cpuUs, repMean, ci95 };
 }
 
 export interface ResponderStats {
@@ -100,14 +137,17 @@ const mib = (bytes: number) => `${(bytes / 1048576).toFixed(1)} MiB/s`;
 
 /** The human table: one line per job, ratio last. */
 export function formatTable(rows: readonly Row[]): string {
-	const head = ['job', 'bs', 'dm-linear', 'dmu', 'lat lin/dmu (us)', 'dmu/dm-linear', 'per rep'];
+	const head = ['job', 'bs', 'dm-linear', 'dmu', 'lat lin/dmu (us)', 'cpu/io lin/dmu (us)', 'dmu/dm-linear', 'pairs: mean ± 95%', 'per pair'];
+	const us = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '-');
 	const body = rows.map((r) => [
 		r.job.name,
 		r.job.bs,
 		`${mib(r.lin.bw)} ${Math.round(r.lin.iops)} IOPS`,
 		`${mib(r.dmu.bw)} ${Math.round(r.dmu.iops)} IOPS`,
 		`${r.lin.latUs.toFixed(0)} / ${r.dmu.latUs.toFixed(0)}`,
+		`${us(r.lin.cpuUs)} / ${us(r.dmu.cpuUs)}`,
 		r.ratio.toFixed(3),
+		`${r.repMean.toFixed(3)} ± ${Number.isFinite(r.ci95) ? r.ci95.toFixed(3) : '-'}`,
 		r.ratios.map((x) => x.toFixed(2)).join(' '),
 	]);
 	const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));

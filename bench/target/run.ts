@@ -28,12 +28,15 @@ const program = new Command('bench-target')
 	.option('--kernel <series>', 'guest kernel series: 6.1 or 6.12', '6.12')
 	.option('--size-mib <n>', 'area measured (and prewarmed), MiB', positive('--size-mib'), 256)
 	.option('--block-kib <n>', 'dmu block size, KiB (power of two)', positive('--block-kib'), 64)
-	.option('--runtime <s>', 'fio time per job and device, seconds', positive('--runtime'), 8)
-	.option('--ramp <s>', 'fio ramp time excluded from the numbers, seconds', positive('--ramp'), 2)
-	.option('--repeat <n>', 'repetitions per job (device order alternates)', positive('--repeat'), 2)
+	.option('--runtime <s>', 'fio time per run, seconds', positive('--runtime'), 2)
+	.option('--ramp <s>', 'fio ramp time excluded from the numbers, seconds', positive('--ramp'), 1)
+	.option('--repeat <n>', 'pairs of runs (dm-linear, dmu) per job; the order alternates', positive('--repeat'), 10)
 	.option('--iodepth <n>', 'fio libaio queue depth', positive('--iodepth'), 16)
+	.option('--cpus <n>', 'guest CPUs', positive('--cpus'), 2)
+	.option('--clock <source>', 'guest clocksource: tsc, or hpet as the VM tests use (each HPET read is an emulated MMIO access)', 'tsc')
 	.option('--jobs <names>', `comma-separated subset of: ${JOBS.map((j) => j.name).join(',')}`)
 	.option('--build', 'run make -C kernel KVER=... first (default: only when dmu.ko is missing)')
+	.option('--module <file>', 'load this dmu.ko instead of kernel/build/<KVER>/dmu.ko (an A/B of two builds)')
 	.option('--out <file>', 'JSON results file (default bench/results/target-<time>.json)')
 	.showHelpAfterError()
 	.exitOverride();
@@ -46,8 +49,11 @@ interface Opts {
 	ramp: number;
 	repeat: number;
 	iodepth: number;
+	cpus: number;
+	clock: string;
 	jobs?: string;
 	build?: boolean;
+	module?: string;
 	out?: string;
 }
 
@@ -75,6 +81,7 @@ runMain('bench-target', async () => {
 	program.parse(process.argv);
 	const o = program.opts<Opts>();
 	if (o.kernel !== '6.1' && o.kernel !== '6.12') throw new DmuError('DMU_ERR_BENCH_ARGS', '--kernel must be 6.1 or 6.12');
+	if (o.clock !== 'tsc' && o.clock !== 'hpet') throw new DmuError('DMU_ERR_BENCH_ARGS', '--clock must be tsc or hpet');
 	const blockSectors = o.blockKib * 2;
 	if ((blockSectors & (blockSectors - 1)) !== 0 || blockSectors > 16384) {
 		throw new DmuError('DMU_ERR_BENCH_ARGS', '--block-kib must be a power of two from 1 to 8192');
@@ -83,15 +90,16 @@ runMain('bench-target', async () => {
 	const jobs = selectJobs(o.jobs);
 	const kernel = guestKernels().find((k) => k.series === o.kernel);
 	if (!kernel) throw new DmuError('DMU_ERR_BENCH_KERNEL', `no ${o.kernel} guest kernel in /boot (run .ci/install-deps)`);
-	const ko = await ensureModule(kernel.kver, o.build === true);
+	const ko = o.module ? path.resolve(o.module) : await ensureModule(kernel.kver, o.build === true);
+	if (!fs.existsSync(ko)) throw new DmuError('DMU_ERR_BENCH_MODULE', `no such module: ${ko}`);
 	if (!fs.existsSync(path.join(REPO_ROOT, 'dist/test/support/responder-cli.js'))) {
 		throw new DmuError('DMU_ERR_BENCH_BUILD', 'dist/test/support/responder-cli.js is missing: run npm run build');
 	}
 
-	const perJob = o.runtime + o.ramp + 10; // + fio and process start-up under TCG
-	const timeoutSec = 300 + jobs.length * o.repeat * 2 * perJob;
+	const perRun = o.runtime + o.ramp + 2; // + job start-up under TCG
+	const timeoutSec = 300 + jobs.length * (10 + o.repeat * 2 * perRun);
 	process.stdout.write(
-		`bench-target: ${kernel.kver}, ${o.sizeMib} MiB, ${o.blockKib} KiB blocks, ${jobs.length} jobs x ${o.repeat} x 2 devices x ${o.runtime} s; ` +
+		`bench-target: ${kernel.kver}, ${o.sizeMib} MiB, ${o.blockKib} KiB blocks, ${o.cpus} CPUs, clock ${o.clock}, ${jobs.length} jobs x ${o.repeat} x 2 devices x ${o.runtime} s; ` +
 			`host load ${os.loadavg()[0]!.toFixed(2)} (run with nothing else on the machine)\n`,
 	);
 	const r = await runInVm({
@@ -99,6 +107,8 @@ runMain('bench-target', async () => {
 		name: 'bench-target',
 		script: fs.readFileSync(path.join(REPO_ROOT, 'bench/target/guest.sh'), 'utf8'),
 		disks: [{ sizeMiB: o.sizeMib }],
+		cpus: o.cpus,
+		clock: o.clock as 'tsc' | 'hpet',
 		timeoutSec,
 		env: {
 			SIZE_MIB: String(o.sizeMib),
@@ -108,6 +118,7 @@ runMain('bench-target', async () => {
 			REPEAT: String(o.repeat),
 			IODEPTH: String(o.iodepth),
 			JOBS: jobs.map((j) => `${j.name}:${j.rw}:${j.bs}`).join(' '),
+			DMU_KO: ko,
 		},
 	});
 	if (r.kernelProblems.length > 0) process.stderr.write(`bench-target: kernel problems:\n${r.kernelProblems.join('\n')}\n`);
@@ -121,8 +132,8 @@ runMain('bench-target', async () => {
 
 	const read = (f: string) => fs.readFileSync(path.join(r.outDir, f), 'utf8');
 	const rows: Row[] = jobs.map((j) => {
-		const side = (dev: string) =>
-			Array.from({ length: o.repeat }, (_, i) => parseFio(read(`fio-${j.name}-${dev}-${i + 1}.json`), j.rw));
+		const text = read(`fio-${j.name}.json`);
+		const side = (dev: string) => Array.from({ length: o.repeat }, (_, i) => parseFio(text, j.rw, `${dev}.${i + 1}`));
 		return row(j, side('lin'), side('dmu'));
 	});
 	const stats = responderStats(read('responder.jsonl'), Number(read('log-lines-prewarm').trim()));
@@ -147,7 +158,7 @@ runMain('bench-target', async () => {
 				kernel: kernel.kver,
 				module: ko,
 				options: o,
-				rows: rows.map((x) => ({ job: x.job, lin: x.lin, dmu: x.dmu, ratio: x.ratio, ratios: x.ratios })),
+				rows: rows.map((x) => ({ job: x.job, lin: x.lin, dmu: x.dmu, ratio: x.ratio, ratios: x.ratios, cpuRatio: x.cpuRatio, repMean: x.repMean, ci95: x.ci95 })),
 				responder: stats,
 				blocks,
 				prewarmMs: Number(read('prewarm-ms').trim()),

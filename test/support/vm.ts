@@ -40,6 +40,17 @@ export interface VmOptions {
 	timeoutSec?: number;
 	/** Guest memory. Default 2048. */
 	memMiB?: number;
+	/** Guest CPUs (TCG threads). Default 2. */
+	cpus?: number;
+	/**
+	 * The guest's clocksource. Default 'hpet' (`tsc=unstable`): tests keep
+	 * the clock the kernel trusts under TCG. 'tsc' (`tsc=reliable
+	 * clocksource=tsc`) is for benchmarks: every HPET read is an emulated
+	 * MMIO access, and fio's clock_gettime() calls (a syscall each, no vDSO
+	 * on HPET) were over half of a job's CPU; with the TSC a timestamp costs
+	 * what it does on real hardware.
+	 */
+	clock?: 'hpet' | 'tsc';
 	/** Extra environment for the script. */
 	env?: Record<string, string>;
 	/** Names the run directory. Default "vm". */
@@ -451,11 +462,11 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 
 	const qemu = [
 		'qemu-system-x86_64',
-		...['-accel', 'tcg', '-cpu', 'max', '-smp', '2', '-m', `${opts.memMiB ?? 2048}M`],
+		...['-accel', 'tcg', '-cpu', 'max', '-smp', String(opts.cpus ?? 2), '-m', `${opts.memMiB ?? 2048}M`],
 		...['-display', 'none', '-no-reboot', '-nodefaults', '-serial', 'stdio', '-monitor', 'none'],
 		...['-kernel', vmlinux, '-initrd', initramfs],
 		// loglevel=5: warnings reach the console, so a hung guest still shows them.
-		...['-append', 'console=ttyS0 panic=-1 loglevel=5 tsc=unstable mitigations=off'],
+		...['-append', `console=ttyS0 panic=-1 loglevel=5 ${opts.clock === 'tsc' ? 'tsc=reliable clocksource=tsc' : 'tsc=unstable'} mitigations=off`],
 		// multidevs=remap: the host / spans several file systems (inode clashes otherwise).
 		...['-fsdev', 'local,id=r,path=/,security_model=none,readonly=on,multidevs=remap'],
 		...['-device', 'virtio-9p-pci,fsdev=r,mount_tag=hostroot'],

@@ -291,7 +291,9 @@ export function markdown(res: SuiteResults, jobs: readonly SuiteJob[]): string {
 	const others = ok.filter((s) => s.kind !== 'dmu');
 	const rows = ratioRows(res, jobs);
 	const out: string[] = [];
-	out.push(`## dmu benchmark suite (${res.kernel}, ${res.startedAt})`, '');
+	// Runs before the option existed booted with the HPET clocksource.
+	const clock = typeof res.options.clock === 'string' ? res.options.clock : 'hpet';
+	out.push(`## dmu benchmark suite (${res.kernel}, guest clock ${clock}, ${res.startedAt})`, '');
 	out.push(
 		'Ratios of median IOPS (= bandwidth ratio) from the same VM run; > 1 is faster. ' +
 			'cold = first touch of never-written blocks, warm = second pass over the same blocks.',

@@ -43,6 +43,7 @@ const program = new Command('bench')
 			`(default: all but ${SYSTEMS.filter((s) => s.onlyIfAsked).map((s) => s.id).join(',')})`,
 	)
 	.option('--jobs <names>', `comma-separated subset of: ${SUITE_JOBS.map((j) => j.name).join(',')}`)
+	.option('--clock <source>', 'guest clocksource: tsc, or hpet as the VM tests use (each HPET read is an emulated MMIO access)', 'tsc')
 	.option('--out <dir>', 'results folder (default bench/results/<time>/)')
 	.option('--from <runDir>', 'no VM: report again from the guest files of an earlier run (its raw/ folder or .cache/vm-runs/...)')
 	.addHelpText(
@@ -62,6 +63,7 @@ interface Opts {
 	repeat: number;
 	systems?: string;
 	jobs?: string;
+	clock: string;
 	out?: string;
 	from?: string;
 }
@@ -107,7 +109,7 @@ async function boot(o: Opts, kver: string, systems: SystemSpec[], jobs: SuiteJob
 	const t0 = Date.now();
 	process.stdout.write(
 		`bench: ${kver}, ${systems.map((s) => s.label).join(', ')}; ${jobs.length} jobs x cold/warm x ${o.repeat}, ` +
-			`${o.runtime} s each, ${o.regionMib} MiB regions, ${o.blockKib} KiB blocks, ${totalMib} MiB scratch disk; ` +
+			`${o.runtime} s each, ${o.regionMib} MiB regions, ${o.blockKib} KiB blocks, ${totalMib} MiB scratch disk, clock ${o.clock}; ` +
 			`host load ${os.loadavg()[0]!.toFixed(2)}; VM bound ${timeoutSec} s\n`,
 	);
 	return runInVm({
@@ -116,6 +118,7 @@ async function boot(o: Opts, kver: string, systems: SystemSpec[], jobs: SuiteJob
 		script: fs.readFileSync(path.join(REPO_ROOT, 'bench/suite/guest.sh'), 'utf8'),
 		disks: [{ path: disk }],
 		memMiB: 2048,
+		clock: o.clock as 'tsc' | 'hpet',
 		timeoutSec,
 		// The guest script's progress lines, with the time since this run began.
 		onLine: (line) => {
@@ -145,6 +148,7 @@ runMain('bench', async () => {
 	program.parse(process.argv);
 	const o = program.opts<Opts>();
 	if (o.kernel !== '6.1' && o.kernel !== '6.12') throw new DmuError('DMU_ERR_BENCH_ARGS', '--kernel must be 6.1 or 6.12');
+	if (o.clock !== 'tsc' && o.clock !== 'hpet') throw new DmuError('DMU_ERR_BENCH_ARGS', '--clock must be tsc or hpet');
 	const blockBytes = o.blockKib * 1024;
 	if ((blockBytes & (blockBytes - 1)) !== 0 || o.blockKib < 4 || o.blockKib > 2048) {
 		throw new DmuError('DMU_ERR_BENCH_ARGS', '--block-kib must be a power of two from 4 to 2048');

@@ -12,22 +12,17 @@ import { randomFillSync } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import { execa } from 'execa';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
 import { prng } from '../../test/support/prng.js';
+import { positive } from '../options.js';
 
 const REPO_ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../..');
 const DMU = path.join(REPO_ROOT, 'dist/bin/dmu.mjs');
 const BLOCK = 64 * 1024;
 const GOAL = 1.0;
-
-const positive = (name: string) => (v: string) => {
-	const n = Number(v);
-	if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`);
-	return n;
-};
 
 const program = new Command('bench-convert')
 	.description('dmu convert vs qemu-img convert on one sparse image: qcow2->raw, raw->qcow2, vmdk->qcow2')

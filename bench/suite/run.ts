@@ -13,18 +13,13 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import { execa } from 'execa';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
-import { consoleTail, guestKernels, type KernelSeries, REPO_ROOT, runInVm, type VmResult } from '../../test/support/vm.js';
+import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm, type VmResult } from '../../test/support/vm.js';
+import { clockOption, positive } from '../options.js';
 import { collectSystem, markdown, SUITE_JOBS, type SuiteJob, type SuiteResults, SYSTEMS, type SystemSpec, svgChart } from './report.js';
-
-const positive = (name: string) => (v: string) => {
-	const n = Number(v);
-	if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`);
-	return n;
-};
 
 const program = new Command('bench')
 	.description(
@@ -43,7 +38,7 @@ const program = new Command('bench')
 			`(default: all but ${SYSTEMS.filter((s) => s.onlyIfAsked).map((s) => s.id).join(',')})`,
 	)
 	.option('--jobs <names>', `comma-separated subset of: ${SUITE_JOBS.map((j) => j.name).join(',')}`)
-	.option('--clock <source>', 'guest clocksource: tsc, or hpet as the VM tests use (each HPET read is an emulated MMIO access)', 'tsc')
+	.addOption(clockOption())
 	.option('--out <dir>', 'results folder (default bench/results/<time>/)')
 	.option('--from <runDir>', 'no VM: report again from the guest files of an earlier run (its raw/ folder or .cache/vm-runs/...)')
 	.addHelpText(
@@ -63,7 +58,7 @@ interface Opts {
 	repeat: number;
 	systems?: string;
 	jobs?: string;
-	clock: string;
+	clock: GuestClock;
 	out?: string;
 	from?: string;
 }
@@ -118,7 +113,7 @@ async function boot(o: Opts, kver: string, systems: SystemSpec[], jobs: SuiteJob
 		script: fs.readFileSync(path.join(REPO_ROOT, 'bench/suite/guest.sh'), 'utf8'),
 		disks: [{ path: disk }],
 		memMiB: 2048,
-		clock: o.clock as 'tsc' | 'hpet',
+		clock: o.clock,
 		timeoutSec,
 		// The guest script's progress lines, with the time since this run began.
 		onLine: (line) => {
@@ -148,7 +143,6 @@ runMain('bench', async () => {
 	program.parse(process.argv);
 	const o = program.opts<Opts>();
 	if (o.kernel !== '6.1' && o.kernel !== '6.12') throw new DmuError('DMU_ERR_BENCH_ARGS', '--kernel must be 6.1 or 6.12');
-	if (o.clock !== 'tsc' && o.clock !== 'hpet') throw new DmuError('DMU_ERR_BENCH_ARGS', '--clock must be tsc or hpet');
 	const blockBytes = o.blockKib * 1024;
 	if ((blockBytes & (blockBytes - 1)) !== 0 || o.blockKib < 4 || o.blockKib > 2048) {
 		throw new DmuError('DMU_ERR_BENCH_ARGS', '--block-kib must be a power of two from 4 to 2048');

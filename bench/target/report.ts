@@ -57,7 +57,7 @@ export function parseFio(text: string, rw: JobSpec['rw'], jobName?: string): Fio
 	return { bw: side.bw_bytes, iops: side.iops, latUs: side.clat_ns.mean / 1000, cpuUs };
 }
 
-const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 export interface Row {
 	job: JobSpec;
@@ -80,7 +80,7 @@ const T95 = [Number.NaN, 12.71, 4.3, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2
 /** Mean and 95% confidence half-width of a sample (NaN half-width for fewer than 2). */
 export function meanCi95(xs: readonly number[]): { mean: number; ci95: number } {
 	const n = xs.length;
-	const m = xs.reduce((a, b) => a + b, 0) / n;
+	const m = mean(xs);
 	if (n < 2) return { mean: m, ci95: Number.NaN };
 	const sd = Math.sqrt(xs.reduce((a, x) => a + (x - m) ** 2, 0) / (n - 1));
 	const t = n - 1 < T95.length ? T95[n - 1]! : n - 1 <= 30 ? 2.05 : 1.96;

@@ -10,18 +10,13 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import { execa } from 'execa';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
-import { consoleTail, guestKernels, type KernelSeries, REPO_ROOT, runInVm } from '../../test/support/vm.js';
+import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm } from '../../test/support/vm.js';
+import { clockOption, positive } from '../options.js';
 import { JOBS, type JobSpec, formatTable, parseFio, type Row, responderStats, row } from './report.js';
-
-const positive = (name: string) => (v: string) => {
-	const n = Number(v);
-	if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`);
-	return n;
-};
 
 const program = new Command('bench-target')
 	.description('dmu target vs dm-linear (same device, same VM run): fio sequential 1 MiB and random 4 KiB, read and write, after every block is mapped')
@@ -33,7 +28,7 @@ const program = new Command('bench-target')
 	.option('--repeat <n>', 'pairs of runs (dm-linear, dmu) per job; the order alternates', positive('--repeat'), 10)
 	.option('--iodepth <n>', 'fio libaio queue depth', positive('--iodepth'), 16)
 	.option('--cpus <n>', 'guest CPUs', positive('--cpus'), 2)
-	.option('--clock <source>', 'guest clocksource: tsc, or hpet as the VM tests use (each HPET read is an emulated MMIO access)', 'tsc')
+	.addOption(clockOption())
 	.option('--jobs <names>', `comma-separated subset of: ${JOBS.map((j) => j.name).join(',')}`)
 	.option('--build', 'run make -C kernel KVER=... first (default: only when dmu.ko is missing)')
 	.option('--module <file>', 'load this dmu.ko instead of kernel/build/<KVER>/dmu.ko (an A/B of two builds)')
@@ -50,7 +45,7 @@ interface Opts {
 	repeat: number;
 	iodepth: number;
 	cpus: number;
-	clock: string;
+	clock: GuestClock;
 	jobs?: string;
 	build?: boolean;
 	module?: string;
@@ -81,7 +76,6 @@ runMain('bench-target', async () => {
 	program.parse(process.argv);
 	const o = program.opts<Opts>();
 	if (o.kernel !== '6.1' && o.kernel !== '6.12') throw new DmuError('DMU_ERR_BENCH_ARGS', '--kernel must be 6.1 or 6.12');
-	if (o.clock !== 'tsc' && o.clock !== 'hpet') throw new DmuError('DMU_ERR_BENCH_ARGS', '--clock must be tsc or hpet');
 	const blockSectors = o.blockKib * 2;
 	if ((blockSectors & (blockSectors - 1)) !== 0 || blockSectors > 16384) {
 		throw new DmuError('DMU_ERR_BENCH_ARGS', '--block-kib must be a power of two from 1 to 8192');
@@ -108,7 +102,7 @@ runMain('bench-target', async () => {
 		script: fs.readFileSync(path.join(REPO_ROOT, 'bench/target/guest.sh'), 'utf8'),
 		disks: [{ sizeMiB: o.sizeMib }],
 		cpus: o.cpus,
-		clock: o.clock as 'tsc' | 'hpet',
+		clock: o.clock,
 		timeoutSec,
 		env: {
 			SIZE_MIB: String(o.sizeMib),

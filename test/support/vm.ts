@@ -24,6 +24,10 @@ export interface GuestKernel {
 	vmlinuz: string;
 }
 
+/** Guest clocksources runInVm can boot with (see VmOptions.clock). */
+export const GUEST_CLOCKS = ['hpet', 'tsc'] as const;
+export type GuestClock = (typeof GUEST_CLOCKS)[number];
+
 export type VmDisk =
 	/** A fresh sparse raw image of this size, created in the run directory and deleted afterwards. */
 	| { sizeMiB: number }
@@ -50,7 +54,7 @@ export interface VmOptions {
 	 * on HPET) were over half of a job's CPU; with the TSC a timestamp costs
 	 * what it does on real hardware.
 	 */
-	clock?: 'hpet' | 'tsc';
+	clock?: GuestClock;
 	/** Extra environment for the script. */
 	env?: Record<string, string>;
 	/** Names the run directory. Default "vm". */

@@ -57,7 +57,7 @@ export function parseFio(text: string, rw: JobSpec['rw'], jobName?: string): Fio
 	return { bw: side.bw_bytes, iops: side.iops, latUs: side.clat_ns.mean / 1000, cpuUs };
 }
 
-const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+export const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 export interface Row {
 	job: JobSpec;

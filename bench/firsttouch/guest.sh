@@ -1,0 +1,107 @@
+#!/bin/bash
+# Guest half of the first-touch benchmark (bench/firsttouch/run.ts drives it
+# through test/support/vm.ts; see bench/firsttouch/README.md). Runs as root
+# in the QEMU guest, in the repo, with:
+#   KVER DMU_OUT            from the VM harness
+#   BASE_MIB COW_MIB        the base image (random data, written by the host) and each CoW area
+#   REGION_MIB              blocks one cold run may touch
+#   BLOCK_SECTORS           CoW block size of both systems (dscow block, dm-snapshot chunk)
+#   RUNTIME REPEAT          cap of one cold run (seconds), pairs per job
+#   JOBS                    "name:rw:bs:iodepth:peer ..."; peer is snapshot or linear
+# /dev/vda: [0, BASE) base | [BASE, +COW) dscow's image | [+COW, +COW) dm-snapshot's store.
+# dmu+dscow, dm-snapshot and dm-linear stand over the same base at the same
+# time, so the two runs of a pair see the same moment of the emulated
+# machine; the suite measures one system after the other.
+set -euo pipefail
+
+log() { echo "bench: $*"; }
+BASE_S=$((BASE_MIB * 2048))
+COW_S=$((COW_MIB * 2048))
+BS_BYTES=$((BLOCK_SECTORS * 512))
+
+modprobe dm-mod
+modprobe dm-snapshot
+insmod "kernel/build/$KVER/dmu.ko"
+dmsetup create base --table "0 $BASE_S linear /dev/vda 0"
+dmsetup create cow-dscow --table "0 $COW_S linear /dev/vda $BASE_S"
+dmsetup create cow-snap --table "0 $COW_S linear /dev/vda $((BASE_S + COW_S))"
+
+dmsetup create b-linear --table "0 $BASE_S linear /dev/mapper/base 0"
+dmsetup create b-snapshot --table "0 $BASE_S snapshot /dev/mapper/base /dev/mapper/cow-snap P $BLOCK_SECTORS"
+node dist/bin/dscow_tool.mjs -c /dev/mapper/cow-dscow /dev/mapper/base -b "$BS_BYTES" >"$DMU_OUT/dscow-create.txt" 2>&1
+node dist/bin/cowd.mjs -p dscow b-dscow /dev/mapper/cow-dscow /dev/mapper/base >"$DMU_OUT/cowd.log" 2>&1 &
+CPID=$!
+for _ in $(seq 600); do
+	[ "$(dmsetup status b-dscow 2>/dev/null | awk '{print $12}')" = daemon=connected ] && break
+	sleep 0.1
+done
+[ "$(dmsetup status b-dscow 2>/dev/null | awk '{print $12}')" = daemon=connected ] ||
+	{ log "cowd did not start: $(tail -2 "$DMU_OUT/cowd.log")"; exit 1; }
+
+# A cold run must find its region unknown to the kernel: one cowd answer
+# may map a run of 256 blocks, so the run before would have mapped part of
+# the next region. Allocated blocks stay allocated; only the cache goes.
+FORGET="dmsetup message b-dscow 0 invalidate 0 $((BASE_S / BLOCK_SECTORS))"
+
+# cowd_ticks: CPU time (clock ticks, user + system) cowd has used.
+cowd_ticks() { sed 's/.*) //' "/proc/$CPID/stat" | awk '{print $12 + $13}'; }
+
+region_mib=0
+# next_region: set off (MiB) to a region no earlier write touched.
+next_region() { off=$region_mib; region_mib=$((region_mib + REGION_MIB)); }
+
+# Untimed warm-up: one cold write pass over a region on each system, so
+# cowd's first answers (run before V8 optimises them) and the first
+# exception-store commit are not in the first pair.
+next_region
+for dev in dscow snapshot; do
+	fio --name=warmup --filename=/dev/mapper/b-$dev --rw=write --bs=1M --iodepth=4 --direct=1 --ioengine=libaio \
+		--offset="${off}M" --size="${REGION_MIB}M" --eta=never --output=/dev/null >/dev/null
+done
+
+# Reads allocate nothing: after a forget, the read region is as cold for
+# dscow as on the first pass (and dm-linear has no state), so every read
+# pair uses this one region. Writes get a new region per pair.
+next_region
+READ_OFF=$off
+
+for job in $JOBS; do
+	IFS=: read -r name rw bs qd peer <<<"$job"
+	f=/tmp/$name.fio
+	cat >"$f" <<-EOF
+		[global]
+		rw=$rw
+		bs=$bs
+		iodepth=$qd
+		direct=1
+		ioengine=libaio
+		size=${REGION_MIB}M
+		runtime=$RUNTIME
+		randrepeat=0
+		stonewall
+	EOF
+	for rep in $(seq "$REPEAT"); do
+		if [ "$rw" = read ] || [ "$rw" = randread ]; then off=$READ_OFF; else next_region; fi
+		# Alternate which system runs first, so neither always gets the
+		# fresher moment.
+		if [ $((rep % 2)) -eq 1 ]; then order="dscow $peer"; else order="$peer dscow"; fi
+		for sys in $order; do
+			printf '[%s.%s]\nfilename=/dev/mapper/b-%s\noffset=%sM\n' "$sys" "$rep" "$sys" "$off" >>"$f"
+			[ "$sys" = dscow ] && printf 'exec_prerun=%s\n' "$FORGET" >>"$f"
+		done
+	done
+	log "$name: $REPEAT pairs, dmu+dscow and $peer"
+	c0=$(cowd_ticks)
+	fio --eta=never --output-format=json --output="$DMU_OUT/fio-$name.json" "$f" >/dev/null 2>"$DMU_OUT/fio-$name.err"
+	echo "$name $(($(cowd_ticks) - c0))" >>"$DMU_OUT/cowd-ticks.txt"
+done
+
+dmsetup status b-dscow >"$DMU_OUT/status-dscow.txt"
+dmsetup status b-snapshot >"$DMU_OUT/status-snapshot.txt"
+kill -TERM "$CPID"
+wait "$CPID" || true
+dmsetup remove b-snapshot
+dmsetup remove b-linear
+# A clean image after all of it: the allocations the kernel reported were recorded.
+node dist/bin/dmu.mjs check /dev/mapper/cow-dscow >"$DMU_OUT/check.txt" 2>&1 || log "dmu check: $(tail -1 "$DMU_OUT/check.txt")"
+log done

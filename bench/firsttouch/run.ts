@@ -1,0 +1,191 @@
+#!/usr/bin/env node
+/**
+ * Issue-4 benchmark, first touch: dmu+dscow against dm-snapshot on first
+ * writes and against dm-linear on cold reads, all three live over the same
+ * base in one VM run, measured as pairs of runs that alternate their order.
+ * bench/suite runs one system after the other, and its cold runs of 16 MiB
+ * last 30-100 ms: a host hiccup moved one system's median by 10x. Pairs
+ * put both runs of a comparison at the same moment of the emulated
+ * machine, and the interval says whether a difference is more than noise.
+ * Not a timed test. See README.md.
+ *
+ *   npm run build && node dist/bench/firsttouch/run.js [--repeat 10] [--jobs seq-write]
+ *   node dist/bench/firsttouch/run.js --pool RESULTS.json RESULTS.json ...
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Command } from 'commander';
+import { execa } from 'execa';
+import { runMain } from '../../src/cli/run.js';
+import { DmuError } from '../../src/errors.js';
+import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm } from '../../test/support/vm.js';
+import { clockOption, positive } from '../options.js';
+import { FIRST_TOUCH_JOBS, type FirstTouchJob, formatPairs, isWrite, type PairRow, pairRow, parseTicks, pool } from './report.js';
+
+const program = new Command('bench-firsttouch')
+	.description(
+		'dmu+dscow first writes against dm-snapshot and cold reads against dm-linear: the three over one base in one VM, ' +
+			'pairs of cold runs in alternating order, the mean ratio with its 95% interval',
+	)
+	.option('--kernel <series>', 'guest kernel series: 6.1 or 6.12', '6.12')
+	.option('--region-mib <n>', 'never-written area of one cold write run, MiB', positive('--region-mib'), 16)
+	.option('--block-kib <n>', 'CoW block of both systems (dscow block, dm-snapshot chunk), KiB', positive('--block-kib'), 64)
+	.option('--runtime <s>', 'cap of one cold run, seconds (random writes reach it)', positive('--runtime'), 2)
+	.option('--repeat <n>', 'pairs of runs per job; the order alternates', positive('--repeat'), 10)
+	.option('--cpus <n>', 'guest CPUs', positive('--cpus'), 2)
+	.addOption(clockOption())
+	.option('--jobs <names>', `comma-separated subset of: ${FIRST_TOUCH_JOBS.map((j) => j.name).join(',')}`)
+	.option('--out <file>', 'JSON results file (default bench/results/firsttouch-<time>.json)')
+	.option('--pool <files...>', 'no VM: pool the pairs of earlier results files into one table')
+	.showHelpAfterError()
+	.exitOverride();
+
+interface Opts {
+	kernel: string;
+	regionMib: number;
+	blockKib: number;
+	runtime: number;
+	repeat: number;
+	cpus: number;
+	clock: GuestClock;
+	jobs?: string;
+	out?: string;
+	pool?: string[];
+}
+
+/** What a results file holds: enough to pool runs later. */
+interface Results {
+	kernel: string;
+	options: Opts;
+	rows: PairRow[];
+	status: { dscow: string; snapshot: string };
+	check: string;
+	vmMs: number;
+	runDir: string;
+}
+
+function selectJobs(names: string | undefined): FirstTouchJob[] {
+	if (!names) return [...FIRST_TOUCH_JOBS];
+	return names.split(',').map((n) => {
+		const j = FIRST_TOUCH_JOBS.find((x) => x.name === n.trim());
+		if (!j) throw new DmuError('DMU_ERR_BENCH_ARGS', `unknown job "${n}" (one of ${FIRST_TOUCH_JOBS.map((x) => x.name).join(', ')})`);
+		return j;
+	});
+}
+
+function poolFiles(files: string[]): void {
+	const runs = files.map((f) => {
+		let r: Results;
+		try {
+			r = JSON.parse(fs.readFileSync(f, 'utf8')) as Results;
+		} catch (e) {
+			throw new DmuError('DMU_ERR_BENCH_ARGS', `--pool ${f}: ${(e as Error).message}`);
+		}
+		if (!Array.isArray(r.rows)) throw new DmuError('DMU_ERR_BENCH_ARGS', `--pool ${f}: not a bench/firsttouch results file`);
+		return r.rows;
+	});
+	process.stdout.write(`${files.length} runs pooled\n\n${formatPairs(pool(runs))}\n`);
+}
+
+/** The scratch disk: the base (random data), then the two CoW areas, on disk before the guest starts. */
+async function makeDisk(file: string, baseMib: number, cowMib: number): Promise<void> {
+	await execa('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', `count=${baseMib}`, 'status=none']);
+	// Allocated up front (no system pays for the host growing a sparse file)
+	// and synced, so the host is not writing the base back during the runs.
+	await execa('fallocate', ['-l', `${baseMib + 2 * cowMib}M`, file]);
+	await execa('sync', [file]);
+}
+
+runMain('bench-firsttouch', async () => {
+	program.parse(process.argv);
+	const o = program.opts<Opts>();
+	if (o.pool) return poolFiles(o.pool);
+	if (o.kernel !== '6.1' && o.kernel !== '6.12') throw new DmuError('DMU_ERR_BENCH_ARGS', '--kernel must be 6.1 or 6.12');
+	const blockSectors = o.blockKib * 2;
+	if ((blockSectors & (blockSectors - 1)) !== 0 || o.blockKib < 4 || o.blockKib > 2048) {
+		throw new DmuError('DMU_ERR_BENCH_ARGS', '--block-kib must be a power of two from 4 to 2048');
+	}
+	if ((o.regionMib * 1024) % o.blockKib !== 0) throw new DmuError('DMU_ERR_BENCH_ARGS', '--region-mib must be a whole number of blocks');
+	const jobs = selectJobs(o.jobs);
+	const kernel = guestKernels().find((k) => k.series === o.kernel);
+	if (!kernel) throw new DmuError('DMU_ERR_BENCH_KERNEL', `no ${o.kernel} guest kernel in /boot (run .ci/install-deps)`);
+	const ko = path.join(REPO_ROOT, 'kernel/build', kernel.kver, 'dmu.ko');
+	if (!fs.existsSync(ko)) throw new DmuError('DMU_ERR_BENCH_MODULE', `no ${ko}: run npm run build:kernel`);
+	for (const f of ['dist/bin/cowd.mjs', 'dist/bin/dscow_tool.mjs', 'dist/bin/dmu.mjs']) {
+		if (!fs.existsSync(path.join(REPO_ROOT, f))) throw new DmuError('DMU_ERR_BENCH_BUILD', `${f} is missing: run npm run build`);
+	}
+
+	// Regions: a warm-up write, the read region every read pair shares, and one per write pair.
+	const baseMib = (2 + jobs.filter(isWrite).length * o.repeat) * o.regionMib;
+	// dscow on a device wants room for every block of the base, plus its header and bitmaps.
+	const cowMib = baseMib + 64;
+	const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dmu-firsttouch-'));
+	const disk = path.join(tmp, 'scratch.img');
+	for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+		process.once(sig, () => {
+			fs.rmSync(tmp, { recursive: true, force: true });
+			if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
+		});
+	}
+	try {
+		await makeDisk(disk, baseMib, cowMib);
+		const timeoutSec = 300 + jobs.length * (10 + o.repeat * 2 * (o.runtime + 3));
+		process.stdout.write(
+			`bench-firsttouch: ${kernel.kver}, ${jobs.length} jobs x ${o.repeat} pairs, ${o.regionMib} MiB regions, ${o.blockKib} KiB blocks, ` +
+				`${o.cpus} CPUs, clock ${o.clock}, base ${baseMib} MiB; host load ${os.loadavg()[0]!.toFixed(2)} (run with nothing else on the machine)\n`,
+		);
+		const r = await runInVm({
+			kernel: o.kernel as KernelSeries,
+			name: 'bench-firsttouch',
+			script: fs.readFileSync(path.join(REPO_ROOT, 'bench/firsttouch/guest.sh'), 'utf8'),
+			disks: [{ path: disk }],
+			memMiB: 2048,
+			cpus: o.cpus,
+			clock: o.clock,
+			timeoutSec,
+			onLine: (line) => {
+				if (line.startsWith('bench: ')) process.stdout.write(`${line}\n`);
+			},
+			env: {
+				BASE_MIB: String(baseMib),
+				COW_MIB: String(cowMib),
+				REGION_MIB: String(o.regionMib),
+				BLOCK_SECTORS: String(blockSectors),
+				RUNTIME: String(o.runtime),
+				REPEAT: String(o.repeat),
+				JOBS: jobs.map((j) => `${j.name}:${j.rw}:${j.bs}:${j.iodepth}:${j.peer}`).join(' '),
+			},
+		});
+		if (r.kernelProblems.length > 0) process.stderr.write(`bench-firsttouch: kernel problems:\n${r.kernelProblems.join('\n')}\n`);
+		if (r.exitCode !== 0) {
+			process.stderr.write(`${consoleTail(r, 40)}\n`);
+			throw new DmuError('DMU_ERR_BENCH_VM', `guest script failed (${r.timedOut ? 'timeout' : `exit ${r.exitCode}`}); run directory ${r.outDir}`);
+		}
+		const read = (f: string) => fs.readFileSync(path.join(r.outDir, f), 'utf8');
+		const ticks = parseTicks(read('cowd-ticks.txt'));
+		const rows = jobs.map((j) => pairRow(j, read(`fio-${j.name}.json`), o.repeat, ticks.get(j.name) ?? Number.NaN));
+		const res: Results = {
+			kernel: kernel.kver,
+			options: o,
+			rows,
+			status: { dscow: read('status-dscow.txt').trim(), snapshot: read('status-snapshot.txt').trim() },
+			check: read('check.txt').trim(),
+			vmMs: r.durationMs,
+			runDir: r.outDir,
+		};
+		process.stdout.write(
+			`\n${formatPairs(rows, jobs)}\n\n` +
+				`cowd CPU: over each whole job (dscow's runs only need it; TCG time)\n` +
+				`dmsetup status b-dscow: ${res.status.dscow}\n` +
+				`dmu check of the dscow image afterwards: ${res.check.split('\n').slice(-1)[0]}\n` +
+				`VM ${Math.round(r.durationMs / 1000)} s, run directory ${r.outDir}\n`,
+		);
+		const out = o.out ?? path.join(REPO_ROOT, 'bench/results', `firsttouch-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+		fs.mkdirSync(path.dirname(out), { recursive: true });
+		fs.writeFileSync(out, `${JSON.stringify(res, null, '\t')}\n`);
+		process.stdout.write(`results: ${out}\n`);
+	} finally {
+		fs.rmSync(tmp, { recursive: true, force: true });
+	}
+});

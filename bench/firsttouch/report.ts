@@ -115,7 +115,8 @@ export function formatPairs(rows: readonly PairRow[], jobs: readonly FirstTouchJ
 			`>= ${r.goal}`,
 			verdict(r),
 			Number.isFinite(r.cowdCpuS) ? `${r.cowdCpuS.toFixed(2)} s` : '-',
-			r.ratios.map((x) => x.toFixed(2)).join(' '),
+			// A pooled row has dozens: the first few show the spread.
+			r.ratios.slice(0, 12).map((x) => x.toFixed(2)).join(' ') + (r.ratios.length > 12 ? ' ...' : ''),
 		];
 	});
 	const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));

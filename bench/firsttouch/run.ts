@@ -16,11 +16,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
-import { execa } from 'execa';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
 import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm } from '../../test/support/vm.js';
 import { clockOption, positive } from '../options.js';
+import { makeScratchDisk, scratchDir } from '../scratch.js';
 import { FIRST_TOUCH_JOBS, type FirstTouchJob, formatPairs, isWrite, type PairRow, pairRow, parseTicks, pool } from './report.js';
 
 const program = new Command('bench-firsttouch')
@@ -88,15 +88,6 @@ function poolFiles(files: string[]): void {
 	process.stdout.write(`${files.length} runs pooled\n\n${formatPairs(pool(runs))}\n`);
 }
 
-/** The scratch disk: the base (random data), then the two CoW areas, on disk before the guest starts. */
-async function makeDisk(file: string, baseMib: number, cowMib: number): Promise<void> {
-	await execa('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', `count=${baseMib}`, 'status=none']);
-	// Allocated up front (no system pays for the host growing a sparse file)
-	// and synced, so the host is not writing the base back during the runs.
-	await execa('fallocate', ['-l', `${baseMib + 2 * cowMib}M`, file]);
-	await execa('sync', [file]);
-}
-
 runMain('bench-firsttouch', async () => {
 	program.parse(process.argv);
 	const o = program.opts<Opts>();
@@ -120,16 +111,11 @@ runMain('bench-firsttouch', async () => {
 	const baseMib = (2 + jobs.filter(isWrite).length * o.repeat) * o.regionMib;
 	// dscow on a device wants room for every block of the base, plus its header and bitmaps.
 	const cowMib = baseMib + 64;
-	const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dmu-firsttouch-'));
+	const tmp = scratchDir('dmu-firsttouch-');
 	const disk = path.join(tmp, 'scratch.img');
-	for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-		process.once(sig, () => {
-			fs.rmSync(tmp, { recursive: true, force: true });
-			if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
-		});
-	}
 	try {
-		await makeDisk(disk, baseMib, cowMib);
+		// The base, then the two CoW areas.
+		await makeScratchDisk(disk, baseMib, baseMib + 2 * cowMib);
 		const timeoutSec = 300 + jobs.length * (10 + o.repeat * 2 * (o.runtime + 3));
 		process.stdout.write(
 			`bench-firsttouch: ${kernel.kver}, ${jobs.length} jobs x ${o.repeat} pairs, ${o.regionMib} MiB regions, ${o.blockKib} KiB blocks, ` +

@@ -19,6 +19,7 @@ import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
 import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm, type VmResult } from '../../test/support/vm.js';
 import { clockOption, positive } from '../options.js';
+import { makeScratchDisk, scratchDir } from '../scratch.js';
 import { collectSystem, markdown, SUITE_JOBS, type SuiteJob, type SuiteResults, SYSTEMS, type SystemSpec, svgChart } from './report.js';
 
 const program = new Command('bench')
@@ -84,9 +85,7 @@ async function ensureModule(kver: string): Promise<void> {
 /** The scratch disk: the base (random data) first, then room for CoW areas and image files. */
 async function makeDisk(file: string, baseMib: number): Promise<number> {
 	const totalMib = baseMib + 640 + 1024;
-	await execa('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', `count=${baseMib}`, 'status=none']);
-	// Allocated up front, so no system pays for the host growing a sparse file.
-	await execa('fallocate', ['-l', `${totalMib}M`, file]);
+	await makeScratchDisk(file, baseMib, totalMib);
 	return totalMib;
 }
 
@@ -168,16 +167,8 @@ runMain('bench', async () => {
 	const startedAt = new Date().toISOString();
 	const outDir = o.out ?? path.join(REPO_ROOT, 'bench/results', startedAt.replace(/[:.]/g, '-'));
 	fs.mkdirSync(outDir, { recursive: true });
-	const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dmu-bench-'));
+	const tmp = scratchDir('dmu-bench-');
 	const disk = path.join(tmp, 'scratch.img');
-	// An interrupted run must not leave a 2 GiB image behind. `once`: the VM
-	// harness's own listener re-raises the signal, which must then kill us.
-	for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-		process.once(sig, () => {
-			fs.rmSync(tmp, { recursive: true, force: true });
-			if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
-		});
-	}
 	try {
 		const r = o.from ? fromRunDir(o.from) : await boot(o, kernel.kver, systems, jobs, disk);
 		if (r.kernelProblems.length > 0) process.stderr.write(`bench: kernel problems:\n${r.kernelProblems.join('\n')}\n`);

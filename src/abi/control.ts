@@ -103,9 +103,9 @@ const fsWrite = (fd: number, buf: Buffer, off: number) =>
 /**
  * The same write done on the calling thread. For answers the kernel takes
  * without waiting on anything the daemon does (a map reply, an allocation's
- * ack): a few microseconds in the kernel, where a thread-pool write costs
- * two thread hand-offs, and under emulation those were a large part of what
- * cowd spent per batch.
+ * ack): mapping inserts and copies started, short work next to a
+ * thread-pool write's two thread hand-offs, which under emulation were a
+ * large part of what cowd spent per batch.
  */
 const fsWriteNow = (fd: number, buf: Buffer, off: number): Promise<number> => {
 	try {

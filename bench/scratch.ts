@@ -1,11 +1,26 @@
 /**
- * The scratch disk the VM benchmarks (bench/suite, bench/firsttouch) hand
- * their guest, and the temp folder it lives in.
+ * What the VM benchmarks (bench/suite, bench/target, bench/firsttouch) hand
+ * their guest: the dmu module, and the scratch disk with the temp folder
+ * it lives in.
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
+import { DmuError } from '../src/errors.js';
+import { REPO_ROOT } from '../test/support/vm.js';
+
+/** kernel/build/<kver>/dmu.ko, built first when missing (or when `rebuild`). */
+export async function ensureModule(kver: string, rebuild = false): Promise<string> {
+	const ko = path.join(REPO_ROOT, 'kernel/build', kver, 'dmu.ko');
+	if (fs.existsSync(ko) && !rebuild) return ko;
+	const r = await execa('make', ['-C', path.join(REPO_ROOT, 'kernel'), `KVER=${kver}`], { reject: false, all: true });
+	if (r.exitCode !== 0 || !fs.existsSync(ko)) {
+		const last = (r.all ?? '').trim().split('\n').slice(-1)[0] ?? '';
+		throw new DmuError('DMU_ERR_BENCH_MODULE', `cannot build dmu.ko for ${kver} (make -C kernel KVER=${kver}): ${last}`);
+	}
+	return ko;
+}
 
 /** A new temp folder, removed if the run is interrupted; the caller removes it when done. */
 export function scratchDir(prefix: string): string {

@@ -19,9 +19,9 @@ import { Command } from 'commander';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
 import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm } from '../../test/support/vm.js';
-import { clockOption, positive } from '../options.js';
-import { makeScratchDisk, scratchDir } from '../scratch.js';
-import { FIRST_TOUCH_JOBS, type FirstTouchJob, formatPairs, isWrite, type PairRow, pairRow, parseTicks, pool } from './report.js';
+import { clockOption, pick, positive } from '../options.js';
+import { ensureModule, makeScratchDisk, scratchDir } from '../scratch.js';
+import { FIRST_TOUCH_JOBS, formatPairs, isWrite, type PairRow, pairRow, parseTicks, pool } from './report.js';
 
 const program = new Command('bench-firsttouch')
 	.description(
@@ -65,15 +65,6 @@ interface Results {
 	runDir: string;
 }
 
-function selectJobs(names: string | undefined): FirstTouchJob[] {
-	if (!names) return [...FIRST_TOUCH_JOBS];
-	return names.split(',').map((n) => {
-		const j = FIRST_TOUCH_JOBS.find((x) => x.name === n.trim());
-		if (!j) throw new DmuError('DMU_ERR_BENCH_ARGS', `unknown job "${n}" (one of ${FIRST_TOUCH_JOBS.map((x) => x.name).join(', ')})`);
-		return j;
-	});
-}
-
 function poolFiles(files: string[]): void {
 	const runs = files.map((f) => {
 		let r: Results;
@@ -98,11 +89,10 @@ runMain('bench-firsttouch', async () => {
 		throw new DmuError('DMU_ERR_BENCH_ARGS', '--block-kib must be a power of two from 4 to 2048');
 	}
 	if ((o.regionMib * 1024) % o.blockKib !== 0) throw new DmuError('DMU_ERR_BENCH_ARGS', '--region-mib must be a whole number of blocks');
-	const jobs = selectJobs(o.jobs);
+	const jobs = pick(FIRST_TOUCH_JOBS, o.jobs, 'job');
 	const kernel = guestKernels().find((k) => k.series === o.kernel);
 	if (!kernel) throw new DmuError('DMU_ERR_BENCH_KERNEL', `no ${o.kernel} guest kernel in /boot (run .ci/install-deps)`);
-	const ko = path.join(REPO_ROOT, 'kernel/build', kernel.kver, 'dmu.ko');
-	if (!fs.existsSync(ko)) throw new DmuError('DMU_ERR_BENCH_MODULE', `no ${ko}: run npm run build:kernel`);
+	await ensureModule(kernel.kver);
 	for (const f of ['dist/bin/cowd.mjs', 'dist/bin/dscow_tool.mjs', 'dist/bin/dmu.mjs']) {
 		if (!fs.existsSync(path.join(REPO_ROOT, f))) throw new DmuError('DMU_ERR_BENCH_BUILD', `${f} is missing: run npm run build`);
 	}

@@ -18,8 +18,8 @@ import { execa } from 'execa';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
 import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm, type VmResult } from '../../test/support/vm.js';
-import { clockOption, positive } from '../options.js';
-import { makeScratchDisk, scratchDir } from '../scratch.js';
+import { clockOption, pick, positive } from '../options.js';
+import { ensureModule, makeScratchDisk, scratchDir } from '../scratch.js';
 import { collectSystem, markdown, SUITE_JOBS, type SuiteJob, type SuiteResults, SYSTEMS, type SystemSpec, svgChart } from './report.js';
 
 const program = new Command('bench')
@@ -62,24 +62,6 @@ interface Opts {
 	clock: GuestClock;
 	out?: string;
 	from?: string;
-}
-
-function pick<T extends { id?: string; name?: string; onlyIfAsked?: boolean }>(all: readonly T[], names: string | undefined, what: string): T[] {
-	if (!names) return all.filter((a) => !a.onlyIfAsked);
-	return names.split(',').map((n) => {
-		const x = all.find((a) => (a.id ?? a.name) === n.trim());
-		if (!x) throw new DmuError('DMU_ERR_BENCH_ARGS', `unknown ${what} "${n}" (one of ${all.map((a) => a.id ?? a.name).join(', ')})`);
-		return x;
-	});
-}
-
-async function ensureModule(kver: string): Promise<void> {
-	const ko = path.join(REPO_ROOT, 'kernel/build', kver, 'dmu.ko');
-	if (fs.existsSync(ko)) return;
-	const r = await execa('make', ['-C', path.join(REPO_ROOT, 'kernel'), `KVER=${kver}`], { reject: false, all: true });
-	if (r.exitCode !== 0 || !fs.existsSync(ko)) {
-		throw new DmuError('DMU_ERR_BENCH_MODULE', `cannot build dmu.ko for ${kver} (make -C kernel KVER=${kver})`);
-	}
 }
 
 /** The scratch disk: the base (random data) first, then room for CoW areas and image files. */

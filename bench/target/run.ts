@@ -11,12 +11,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
-import { execa } from 'execa';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
 import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm } from '../../test/support/vm.js';
-import { clockOption, positive } from '../options.js';
-import { JOBS, type JobSpec, formatTable, parseFio, type Row, responderStats, row } from './report.js';
+import { clockOption, pick, positive } from '../options.js';
+import { ensureModule } from '../scratch.js';
+import { JOBS, formatTable, parseFio, type Row, responderStats, row } from './report.js';
 
 const program = new Command('bench-target')
 	.description('dmu target vs dm-linear (same device, same VM run): fio sequential 1 MiB and random 4 KiB, read and write, after every block is mapped')
@@ -52,26 +52,6 @@ interface Opts {
 	out?: string;
 }
 
-async function ensureModule(kver: string, force: boolean): Promise<string> {
-	const ko = path.join(REPO_ROOT, 'kernel/build', kver, 'dmu.ko');
-	if (fs.existsSync(ko) && !force) return ko;
-	const r = await execa('make', ['-C', path.join(REPO_ROOT, 'kernel'), `KVER=${kver}`], { reject: false, all: true });
-	if (r.exitCode !== 0 || !fs.existsSync(ko)) {
-		const last = (r.all ?? '').trim().split('\n').slice(-1)[0] ?? '';
-		throw new DmuError('DMU_ERR_BENCH_MODULE', `cannot build dmu.ko for ${kver} (make -C kernel KVER=${kver}): ${last}`);
-	}
-	return ko;
-}
-
-function selectJobs(names: string | undefined): JobSpec[] {
-	if (!names) return [...JOBS];
-	return names.split(',').map((n) => {
-		const j = JOBS.find((x) => x.name === n.trim());
-		if (!j) throw new DmuError('DMU_ERR_BENCH_ARGS', `unknown job "${n}" (one of ${JOBS.map((x) => x.name).join(', ')})`);
-		return j;
-	});
-}
-
 runMain('bench-target', async () => {
 	program.parse(process.argv);
 	const o = program.opts<Opts>();
@@ -81,7 +61,7 @@ runMain('bench-target', async () => {
 		throw new DmuError('DMU_ERR_BENCH_ARGS', '--block-kib must be a power of two from 1 to 8192');
 	}
 	if ((o.sizeMib * 1024) % o.blockKib !== 0) throw new DmuError('DMU_ERR_BENCH_ARGS', '--size-mib must be a whole number of blocks');
-	const jobs = selectJobs(o.jobs);
+	const jobs = pick(JOBS, o.jobs, 'job');
 	const kernel = guestKernels().find((k) => k.series === o.kernel);
 	if (!kernel) throw new DmuError('DMU_ERR_BENCH_KERNEL', `no ${o.kernel} guest kernel in /boot (run .ci/install-deps)`);
 	const ko = o.module ? path.resolve(o.module) : await ensureModule(kernel.kver, o.build === true);

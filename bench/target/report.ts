@@ -74,8 +74,20 @@ export interface Row {
 	ci95: number;
 }
 
-/** Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 past 30). */
+/** Two-sided 95% quantiles of Student's t by degrees of freedom, 1 to 20. */
 const T95 = [Number.NaN, 12.71, 4.3, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.2, 2.18, 2.16, 2.14, 2.13, 2.12, 2.11, 2.1, 2.09, 2.09];
+
+/**
+ * Student's t quantile for a 95% interval. Past the table, the
+ * Cornish-Fisher expansion around the normal's 1.96 (within 0.001 of the
+ * exact value from 20 degrees of freedom on): pooled runs have 30-70
+ * pairs, where a flat 1.96 made the interval 2-4% too narrow.
+ */
+function t95(df: number): number {
+	if (df < T95.length) return T95[df]!;
+	const z = 1.959964;
+	return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df * df);
+}
 
 /** Mean and 95% confidence half-width of a sample (NaN half-width for fewer than 2). */
 export function meanCi95(xs: readonly number[]): { mean: number; ci95: number } {
@@ -83,8 +95,7 @@ export function meanCi95(xs: readonly number[]): { mean: number; ci95: number } 
 	const m = mean(xs);
 	if (n < 2) return { mean: m, ci95: Number.NaN };
 	const sd = Math.sqrt(xs.reduce((a, x) => a + (x - m) ** 2, 0) / (n - 1));
-	const t = n - 1 < T95.length ? T95[n - 1]! : n - 1 <= 30 ? 2.05 : 1.96;
-	return { mean: m, ci95: (t * sd) / Math.sqrt(n) };
+	return { mean: m, ci95: (t95(n - 1) * sd) / Math.sqrt(n) };
 }
 
 /** Average the repetitions of one job; ratio of the means. */

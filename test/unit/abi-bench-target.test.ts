@@ -64,6 +64,16 @@ t.test('meanCi95: mean and Student-t 95% half-width', async (t) => {
 	// sd 0.0816, n 4, t(3) 3.18: 3.18 * 0.0816 / 2
 	t.ok(Math.abs(ci95 - (3.18 * Math.sqrt(0.02 / 3)) / 2) < 1e-9, `ci95 ${ci95}`);
 	t.ok(Number.isNaN(meanCi95([1]).ci95), 'one sample: no interval');
+	// Past the table: the exact quantiles for 29 and 69 degrees of freedom are 2.0452 and 1.9949.
+	for (const [n, exact] of [
+		[30, 2.0452],
+		[70, 1.9949],
+	] as const) {
+		const xs = Array.from({ length: n }, (_, i): number => (i % 2 === 0 ? 1 : 0));
+		const m = meanCi95(xs);
+		const sd = Math.sqrt(xs.reduce((a, x) => a + (x - m.mean) ** 2, 0) / (n - 1));
+		t.ok(Math.abs(m.ci95 / (sd / Math.sqrt(n)) - exact) < 0.001, `n ${n}: t ${m.ci95 / (sd / Math.sqrt(n))}`);
+	}
 });
 
 t.test('responderStats splits prewarm and measurement requests', async (t) => {

@@ -78,6 +78,7 @@ struct dmu_target {
 
 	struct dm_kcopyd_client *kcopyd;
 	struct workqueue_struct *wq;
+	struct workqueue_struct *merge_wq;	/* dmu_merge_work(), never blocks */
 	struct work_struct release_work;
 	struct work_struct commit_work;
 	struct delayed_work timeout_work;

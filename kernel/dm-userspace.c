@@ -549,6 +549,163 @@ static bool __dmu_cow_start(struct dmu_target *t, struct dmu_mapping *cow,
 }
 
 /*
+ * Most sectors a first partial write is merged for (256 KiB): a merge holds
+ * a block-sized buffer while in flight, and the larger the block the more
+ * often its high-order allocation fails (dm-kcopyd then copies instead).
+ */
+#define DMU_MERGE_MAX_SECTORS	512
+
+/*
+ * A first partial write to a COW block, merged: the block is read from its
+ * source into @pages, the write's bytes are laid over it, and the whole
+ * block goes to its new place in one write. Copy-first (dm-kcopyd, as
+ * dm-snapshot does) reads the block, writes it, and only then lets the bio
+ * write its part: three I/Os one after the other where this does two.
+ */
+struct dmu_merge {
+	struct work_struct work;
+	struct dmu_pending *p;
+	struct bio *orig;		/* the write, first of p->bios */
+	struct page *pages;
+	unsigned int order;
+	sector_t len;
+	struct block_device *to_bdev;
+	sector_t to_sector;
+	blk_status_t status;
+	bool written;			/* the bio below is the write */
+	struct bio bio;			/* the read, then the write */
+	struct bio_vec bvecs[];
+};
+
+static void dmu_merge_endio(struct bio *bio)
+{
+	struct dmu_merge *mg = container_of(bio, struct dmu_merge, bio);
+
+	/* Interrupt context: the copy and the next step run in process. */
+	mg->status = bio->bi_status;
+	queue_work(mg->p->t->merge_wq, &mg->work);
+}
+
+/* Read or write the whole block between @mg's pages and @bdev. */
+static void dmu_merge_submit(struct dmu_merge *mg, struct block_device *bdev,
+			     sector_t sector, blk_opf_t opf)
+{
+	unsigned int bytes = mg->len << SECTOR_SHIFT;
+	unsigned int i, nr = DIV_ROUND_UP(bytes, PAGE_SIZE);
+
+	bio_init(&mg->bio, bdev, mg->bvecs, nr, opf);
+	mg->bio.bi_iter.bi_sector = sector;
+	mg->bio.bi_end_io = dmu_merge_endio;
+	for (i = 0; i < nr; i++)
+		__bio_add_page(&mg->bio, nth_page(mg->pages, i),
+			       min_t(unsigned int, PAGE_SIZE,
+				     bytes - i * PAGE_SIZE), 0);
+	/* May complete at once: @mg belongs to dmu_merge_work() from here. */
+	submit_bio(&mg->bio);
+}
+
+/* Lay the write's bytes over the block read into @mg's pages. */
+static void dmu_merge_copy_in(struct dmu_merge *mg)
+{
+	struct dmu_target *t = mg->p->t;
+	sector_t offset = dm_target_offset(t->ti, mg->orig->bi_iter.bi_sector) &
+			  (t->block_sectors - 1);
+	char *to = page_address(mg->pages) + (offset << SECTOR_SHIFT);
+	struct bvec_iter iter;
+	struct bio_vec bv;
+
+	bio_for_each_segment(bv, mg->orig, iter) {
+		memcpy_from_bvec(to, &bv);
+		to += bv.bv_len;
+	}
+}
+
+static void dmu_merge_free(struct dmu_merge *mg)
+{
+	__free_pages(mg->pages, mg->order);
+	kfree(mg);
+}
+
+/*
+ * After the read: merge and write. After the write: the block is in place
+ * as after a copy-first, so dmu_copy_done() installs the mapping and
+ * routes the bios that queued meanwhile; the merged write itself is done.
+ * A failed read or write fails like a copy-first (the write is still
+ * among p->bios, so it fails with them).
+ */
+static void dmu_merge_work(struct work_struct *ws)
+{
+	struct dmu_merge *mg = container_of(ws, struct dmu_merge, work);
+	struct dmu_pending *p = mg->p;
+	struct dmu_target *t = p->t;
+	struct bio *orig = mg->orig, *first;
+	bool written = mg->written;
+	unsigned long flags;
+
+	bio_uninit(&mg->bio);
+	if (mg->status) {
+		dmu_merge_free(mg);
+		dmu_copy_done(!written, written, p);
+		return;
+	}
+	if (!written) {
+		dmu_merge_copy_in(mg);
+		mg->written = true;
+		dmu_merge_submit(mg, mg->to_bdev, mg->to_sector,
+				 REQ_OP_WRITE | (orig->bi_opf & REQ_SYNC));
+		return;
+	}
+
+	/* Bios only ever join the tail, and a copy takes no riders. */
+	spin_lock_irqsave(&t->lock, flags);
+	first = bio_list_pop(&p->bios);
+	spin_unlock_irqrestore(&t->lock, flags);
+	WARN_ON_ONCE(first != orig);
+	dmu_merge_free(mg);
+	dmu_copy_done(0, 0, p);
+	bio_endio(orig);
+}
+
+/*
+ * Merge @bio, the first write to the block @p copies @from -> @to, instead
+ * of copying first: only a plain write (a FUA one waits for a commit after
+ * its copy, which the copy-first path does) to a block small enough.
+ * Returns false, having done nothing, when dm-kcopyd should copy instead:
+ * not such a write, or no memory (never waited for).
+ */
+static bool dmu_merge_start(struct dmu_target *t, struct dmu_pending *p,
+			    struct bio *bio, const struct dm_io_region *from,
+			    const struct dm_io_region *to)
+{
+	unsigned int nr = DIV_ROUND_UP(from->count << SECTOR_SHIFT, PAGE_SIZE);
+	struct dmu_merge *mg;
+
+	if (bio_op(bio) != REQ_OP_WRITE || (bio->bi_opf & REQ_FUA) ||
+	    from->count > DMU_MERGE_MAX_SECTORS)
+		return false;
+	mg = kmalloc(struct_size(mg, bvecs, nr), GFP_NOIO | __GFP_NOWARN);
+	if (!mg)
+		return false;
+	mg->order = get_order(from->count << SECTOR_SHIFT);
+	mg->pages = alloc_pages(GFP_NOIO | __GFP_NOWARN | __GFP_NORETRY,
+				mg->order);
+	if (!mg->pages) {
+		kfree(mg);
+		return false;
+	}
+	INIT_WORK(&mg->work, dmu_merge_work);
+	mg->p = p;
+	mg->orig = bio;
+	mg->len = from->count;
+	mg->to_bdev = to->bdev;
+	mg->to_sector = to->sector;
+	mg->status = BLK_STS_OK;
+	mg->written = false;
+	dmu_merge_submit(mg, from->bdev, from->sector, REQ_OP_READ);
+	return true;
+}
+
+/*
  * A bio for @block, which has no mapping and no request of its own: let
  * it wait on the request in flight for a block shortly before it, when
  * the daemon's answers cover runs that long. A sequential first read or
@@ -718,8 +875,9 @@ again:
 		newm = NULL;
 		spin_unlock_irqrestore(&t->lock, flags);
 		if (copy) {
-			dm_kcopyd_copy(t->kcopyd, &from, 1, &to, 0,
-				       dmu_copy_done, p);
+			if (!dmu_merge_start(t, p, bio, &from, &to))
+				dm_kcopyd_copy(t->kcopyd, &from, 1, &to, 0,
+					       dmu_copy_done, p);
 		} else {
 			dmu_resolve(t, p, false);
 			/* A commit may wait for this allocation's message. */
@@ -2088,11 +2246,20 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad_destroy_kcopyd;
 	}
 
+	/* Apart from t->wq, whose commit work waits for merges to finish. */
+	t->merge_wq = alloc_workqueue("dmu-merge-%s", WQ_MEM_RECLAIM, 0,
+				      t->key);
+	if (!t->merge_wq) {
+		r = -ENOMEM;
+		ti->error = "Cannot create workqueue";
+		goto bad_destroy_wq;
+	}
+
 	r = dmu_transport_register(t);
 	if (r) {
 		ti->error = r == -EBUSY ? "Key already in use" :
 			"Cannot register control device";
-		goto bad_destroy_wq;
+		goto bad_destroy_merge_wq;
 	}
 
 	ti->num_flush_bios = 1;
@@ -2100,6 +2267,8 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	ti->private = t;
 	return 0;
 
+bad_destroy_merge_wq:
+	destroy_workqueue(t->merge_wq);
 bad_destroy_wq:
 	destroy_workqueue(t->wq);
 bad_destroy_kcopyd:
@@ -2176,6 +2345,7 @@ static void dmu_dtr(struct dm_target *ti)
 	dmu_transport_unregister(t);
 	cancel_delayed_work_sync(&t->timeout_work);
 	cancel_delayed_work_sync(&t->report_work);
+	destroy_workqueue(t->merge_wq);
 	destroy_workqueue(t->wq);
 	dm_kcopyd_client_destroy(t->kcopyd);
 	dmu_drain(t);

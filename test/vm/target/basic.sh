@@ -83,6 +83,18 @@ check "short last block: copy-first copies its 5 sectors around a partial write"
 check "short last block: copy counted" eq "$(st sc copies)" 1
 stop_resp
 dmsetup remove sc
+# The same block first written under DMU_FEATURE_COW: the kernel reads its
+# 5 sectors, lays the write over them and writes the 5 back.
+dmsetup create sw --table "0 $SL userspace sw 8 /dev/vda /dev/vdb"
+start_resp sw $L/sw.log -m cow=1
+pattern /tmp/slq 512
+dd if=/tmp/slq of=/dev/mapper/sw bs=512 seek=$((LB + 3)) oflag=direct status=none
+{ head -c 1536 /tmp/slb; cat /tmp/slq; tail -c 512 /tmp/slb; } >/tmp/sly
+check "short last block: a first write is merged into its 5 sectors" cmp <(dd if=/dev/mapper/sw bs=2560 count=1 skip=$((LB * 512)) iflag=direct,skip_bytes status=none) /tmp/sly
+check "short last block: ... and lands on the data device" cmp <(dd if=/dev/vda bs=2560 count=1 skip=$((LB * 512)) iflag=direct,skip_bytes status=none) /tmp/sly
+check "short last block: the daemon is told" wait_for grep -qE '^allocated [0-9]+ 16383 0 131064 1$' $L/sw.log
+stop_resp
+dmsetup remove sw
 
 # --- bios over several blocks: remapped whole, or cut per block ------
 # (4 KiB blocks; the target's max I/O is 32 blocks, so a 1 MiB bio
@@ -249,6 +261,40 @@ dd if=/tmp/p of=/dev/mapper/cw bs=4k seek=$((9 * 16)) oflag=direct status=none
 wait_for grep -qE '^allocated [0-9]+ 9 ' $L/cw4.log
 stop_resp
 check "COW: remove with an unacknowledged allocation" timeout 30 dmsetup remove cw
+
+# --- a first partial write merged into its block (DMU_FEATURE_COW) ------
+# The kernel reads the block from the base, lays the write over it and
+# writes the block once; writes to the block arriving meanwhile wait and
+# land after it. A FUA write is not merged: it copies first and waits for
+# a commit, as before (a dsync write is FUA, or followed by a flush).
+dd if=/dev/zero of=/dev/vda bs=1M count=1 oflag=direct status=none
+dmsetup create cm --table "0 $SZ userspace cm $BS /dev/vda /dev/vdb"
+start_resp cm $L/cm.log -m cow=1 -R 16
+cp /tmp/base /tmp/expect
+WR=""
+for i in 0 3 5 6 9 12 14 15; do
+	pattern /tmp/m$i 4096
+	dd if=/tmp/m$i of=/tmp/expect bs=4k seek=$((6 * 16 + i)) conv=notrunc status=none
+	dd if=/tmp/m$i of=/dev/mapper/cm bs=4k seek=$((6 * 16 + i)) oflag=direct status=none &
+	WR="$WR $!"
+done
+failed=0
+for w in $WR; do wait "$w" || failed=$((failed + 1)); done
+check "merge: eight writes at once into one new block all succeed" eq $failed 0
+check "merge: the block reads back as base + all eight" cmp <(blk /dev/mapper/cm 64k 6) <(dd if=/tmp/expect bs=64k skip=6 count=1 status=none)
+check "merge: ... and the data device holds it" cmp <(blk /dev/vda 64k 6) <(dd if=/tmp/expect bs=64k skip=6 count=1 status=none)
+check "merge: the base is untouched" cmp <(blk /dev/vdb 64k 6) <(dd if=/tmp/base bs=64k skip=6 count=1 status=none)
+check "merge: the daemon is told" wait_for grep -qE '^allocated [0-9]+ 6 0 768 ' $L/cm.log
+check "merge: ... once" eq "$(grep -cE '^allocated [0-9]+ 6 ' $L/cm.log)" 1
+check "merge: counted as the block's one copy" eq "$(st cm copies)" 1
+c0=$(grep -c '^commit ' $L/cm.log || true)
+dd if=/tmp/p of=/tmp/expect bs=4k seek=$((8 * 16 + 7)) conv=notrunc status=none
+dd if=/tmp/p of=/dev/mapper/cm bs=4k seek=$((8 * 16 + 7)) oflag=direct,dsync status=none
+check "merge: a dsync first write copies its block" eq "$(st cm copies)" 2
+check "merge: ... and a commit covers it" test "$(grep -c '^commit ' $L/cm.log)" -gt "$c0"
+check "merge: ... and reads back as base + write" cmp <(blk /dev/mapper/cm 64k 8) <(dd if=/tmp/expect bs=64k skip=8 count=1 status=none)
+stop_resp
+dmsetup remove cm
 
 tr '\0' '\377' </dev/zero | head -c 1048576 >/tmp/ff
 dd if=/tmp/ff of=/dev/vda bs=1M oflag=direct status=none
@@ -437,6 +483,15 @@ check "failed copy-first reported to the daemon" grep -qE '^copy_error [0-9]+ 1 
 check "failed copy-first not remembered" eq "$(st fk copies)" 0
 stop_resp
 check "remove over a failing device" timeout 30 dmsetup remove fk
+# A first write the kernel merges, over a base that fails its reads.
+dmsetup create fw --table "0 $SZ userspace fw $BS /dev/vda /dev/mapper/flaky"
+start_resp fw $L/fw.log -m cow=1 -R 16
+check "failed merge fails the write" bash -c '! dd if=/tmp/p of=/dev/mapper/fw bs=4k seek=17 oflag=direct status=none 2>/dev/null'
+check "failed merge reported to the daemon" wait_for grep -qE '^copy_error [0-9]+ 1 5$' $L/fw.log
+check "failed merge not remembered" eq "$(st fw copies)" 0
+check "no allocation reported for it" bash -c "! grep -q '^allocated ' $L/fw.log"
+stop_resp
+check "remove after a failed merge" timeout 30 dmsetup remove fw
 dmsetup remove flaky
 
 check "module unloads" rmmod dmu

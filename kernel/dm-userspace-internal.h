@@ -96,9 +96,10 @@ struct dmu_target {
 	struct rb_root pending;		/* struct dmu_pending by block */
 	unsigned int nr_pending;
 	/*
-	 * Run of the daemon's last remembered answer: a bio for an unmapped
-	 * block this close after a block with a request in flight waits on
-	 * that request instead of sending its own (see __dmu_ride()).
+	 * A bio for an unmapped block this close after a block with a
+	 * request in flight waits on that request instead of sending its
+	 * own (see __dmu_ride()). The longest run the daemon has answered,
+	 * halved each time a bio that waited so had to ask after all.
 	 */
 	u32 ride_span;
 	u64 next_id;

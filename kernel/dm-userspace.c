@@ -148,6 +148,7 @@ struct dmu_per_bio {
 
 #define DMU_PB_REMAPPED	(1U << 0)	/* release: submit as is */
 #define DMU_PB_REQUEUE	(1U << 1)	/* end_io: DM_ENDIO_REQUEUE */
+#define DMU_PB_RODE	(1U << 2)	/* waited on another block's request */
 
 static struct kmem_cache *dmu_mapping_cache;
 static struct kmem_cache *dmu_pending_cache;
@@ -733,6 +734,7 @@ static bool __dmu_ride(struct dmu_target *t, struct bio *bio, u64 block)
 	if (block - p->block >= t->max_mappings - min(t->nr_mapped,
 						       t->max_mappings))
 		return false;
+	dmu_pb(bio)->flags |= DMU_PB_RODE;
 	bio_list_add(&p->bios, bio);
 	return true;
 }
@@ -898,6 +900,15 @@ again:
 		goto again;
 	}
 
+	if (pb->flags & DMU_PB_RODE) {
+		/*
+		 * The answer it waited for did not cover it: the daemon's runs
+		 * are shorter here (allocated and unallocated blocks mixed),
+		 * so ride less far and ask alongside more.
+		 */
+		pb->flags &= ~DMU_PB_RODE;
+		t->ride_span /= 2;
+	}
 	p = newp;
 	newp = NULL;
 	p->t = t;
@@ -1413,7 +1424,14 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 	}
 	list_del_init(&p->out.node);
 	p->seq = ++t->reply_seq;
-	t->ride_span = m ? run : 0;
+	/*
+	 * Not the last run alone: at the end of a region first written at
+	 * random, the daemon answers short runs between allocated blocks,
+	 * and the next region's first requests would then all go out at
+	 * once, a round trip each, though the first answer covers them.
+	 */
+	if (m)
+		t->ride_span = max(t->ride_span, run);
 	if (m) {
 		m->seq = p->seq;
 		/* Before any later reply: replies are applied in order. */

@@ -426,6 +426,34 @@ dd if=/tmp/rn of=/dev/mapper/rk bs=4k seek=4995 oflag=direct status=none
 check "run: the read's run is read-only" eq "$(st rk misses)" 3
 stop_resp
 dmsetup remove rk
+# Riding outlives a short answer. In cow mode the responder cuts a run at
+# the first allocated block, so the block before one is answered alone;
+# a cold 1 MiB read after that still sends one request, not one a block.
+dmsetup create rs --table "0 $SZ userspace rs $BS /dev/vda /dev/vdb"
+start_resp rs $L/rs.log -m cow=1 -R 64
+dd if=/tmp/w of=/dev/mapper/rs bs=64k seek=12 oflag=direct status=none
+wait_for grep -qE '^allocated [0-9]+ 12 ' $L/rs.log
+dmsetup message rs 0 invalidate 0 $((SZ / BS))
+m=$(st rs mapped)
+blk /dev/mapper/rs 64k 11 >/dev/null
+check "ride: the block before an allocated one is answered alone" eq $(($(st rs mapped) - m)) 1
+M=$(st rs misses)
+dd if=/dev/mapper/rs of=/dev/null bs=1M skip=2 count=1 iflag=direct status=none
+check "ride: a cold 1 MiB read after it sends one request" eq $(($(st rs misses) - M)) 1
+# Where allocated and unallocated blocks alternate, every answer covers
+# one block: the blocks that waited on a neighbour ask for themselves.
+for b in 50 52 54 56; do dd if=/tmp/w of=/dev/mapper/rs bs=64k seek=$b oflag=direct status=none; done
+wait_for grep -qE '^allocated [0-9]+ 56 ' $L/rs.log
+dmsetup message rs 0 invalidate 0 $((SZ / BS))
+: >/tmp/rsx
+for b in 50 51 52 53 54 55 56 57; do
+	if [ $((b % 2)) -eq 0 ]; then cat /tmp/w; else blk /dev/vdb 64k $b; fi >>/tmp/rsx
+done
+M=$(st rs misses)
+check "ride: alternating blocks read back in one 512 KiB read" cmp <(dd if=/dev/mapper/rs bs=512k count=1 skip=$((50 * 65536)) iflag=direct,skip_bytes status=none) /tmp/rsx
+check "ride: ... after a request for each block" eq $(($(st rs misses) - M)) 8
+stop_resp
+dmsetup remove rs
 # A run never evicts: it stops where the table is full.
 dmsetup create rm --table "0 $SZ userspace rm 8 2 max_mappings 100 /dev/vda"
 start_resp rm $L/rm.log -m zero -R 1024

@@ -135,6 +135,13 @@ struct dmu_target {
 	struct list_head sent;		/* requests read, not answered */
 	wait_queue_head_t wait;		/* readers and pollers */
 	unsigned int reports_unwoken;	/* ALLOCATED queued since a wake */
+	/*
+	 * outq holds more than reports the daemon was not woken for: a
+	 * request, a full batch of reports, or reports older than
+	 * DMU_REPORT_DELAY. A blocking read waits for it, so a daemon that
+	 * reads again at once is not handed each report as it comes.
+	 */
+	bool outq_due;
 	struct mutex ctl_mutex;		/* write(), release vs dtr */
 	struct miscdevice misc;
 	char misc_name[DMU_KEY_MAX + 5];

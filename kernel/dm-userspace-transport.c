@@ -38,6 +38,7 @@ void __dmu_queue_out(struct dmu_target *t, struct dmu_out *out, bool head)
 	else
 		list_add_tail(&out->node, &t->outq);
 	t->reports_unwoken = 0;
+	t->outq_due = true;
 	wake_up_interruptible(&t->wait);
 }
 
@@ -81,6 +82,7 @@ bool __dmu_queue_report(struct dmu_target *t, struct dmu_out *out)
 	list_add_tail(&out->node, &t->outq);
 	if (++t->reports_unwoken >= DMU_REPORT_BATCH) {
 		t->reports_unwoken = 0;
+		t->outq_due = true;
 		wake_up_interruptible(&t->wait);
 	} else if (t->reports_unwoken == 1) {
 		queue_delayed_work(t->wq, &t->report_work, DMU_REPORT_DELAY);
@@ -97,6 +99,8 @@ void dmu_report_work(struct work_struct *ws)
 
 	spin_lock_irqsave(&t->lock, flags);
 	t->reports_unwoken = 0;
+	/* Read meanwhile along with a request: nothing left to make due. */
+	t->outq_due = !list_empty(&t->outq);
 	spin_unlock_irqrestore(&t->lock, flags);
 	wake_up_interruptible(&t->wait);
 }
@@ -107,7 +111,8 @@ static bool dmu_readable(struct dmu_target *t)
 	bool r;
 
 	spin_lock_irqsave(&t->lock, flags);
-	r = t->dead || t->features_pending || !list_empty(&t->outq);
+	r = t->dead || t->features_pending ||
+	    (t->outq_due && !list_empty(&t->outq));
 	spin_unlock_irqrestore(&t->lock, flags);
 	return r;
 }
@@ -131,6 +136,8 @@ static int dmu_ctl_open(struct inode *inode, struct file *file)
 	if (!r) {
 		t->daemon = DMU_DAEMON_CONNECTED;
 		t->features_pending = true;
+		/* What the last daemon left unanswered is due at once. */
+		t->outq_due = true;
 		kref_get(&t->kref);
 	}
 	spin_unlock_irqrestore(&t->lock, flags);
@@ -182,6 +189,8 @@ static size_t dmu_take_batch(struct dmu_target *t, struct dmu_msg *buf,
 		else
 			list_add_tail(&out->node, &t->sent);
 	}
+	if (list_empty(&t->outq))
+		t->outq_due = false;
 out_unlock:
 	spin_unlock_irqrestore(&t->lock, flags);
 	return n;
@@ -204,7 +213,11 @@ static ssize_t dmu_ctl_read(struct file *file, char __user *ubuf,
 		return -ENOMEM;
 
 	for (;;) {
-		n = dmu_take_batch(t, buf, max);
+		/*
+		 * What poll() says: reports alone are read once due (see
+		 * outq_due), even by a daemon that reads again at once.
+		 */
+		n = dmu_readable(t) ? dmu_take_batch(t, buf, max) : 0;
 		if (n || READ_ONCE(t->dead))
 			break;
 		if (file->f_flags & O_NONBLOCK) {

@@ -19,7 +19,10 @@
  *  - read() returns as many whole messages as fit in the buffer (a batch);
  *    a buffer smaller than one message is -EINVAL. It blocks until at least
  *    one message is ready, unless the file is O_NONBLOCK (-EAGAIN). It
- *    returns 0 once the target has been destroyed.
+ *    returns 0 once the target has been destroyed. DMU_MSG_ALLOCATED
+ *    reports ask for nothing urgent: they become ready in batches (a few
+ *    hundred, or about a tenth of a second after the first), or with any
+ *    other message, which is then read after them.
  *  - write() takes a batch of whole messages; a length that is not a
  *    multiple of DMU_MSG_SIZE is -EINVAL and nothing is consumed. Messages
  *    are processed in order; the first invalid one stops the batch: the

@@ -639,8 +639,9 @@ static void dmu_merge_work(struct work_struct *ws)
 	struct dmu_merge *mg = container_of(ws, struct dmu_merge, work);
 	struct dmu_pending *p = mg->p;
 	struct dmu_target *t = p->t;
-	struct bio *orig = mg->orig, *first;
+	struct bio *orig = mg->orig, *bio;
 	bool written = mg->written;
+	struct bio_list rest;
 	unsigned long flags;
 
 	bio_uninit(&mg->bio);
@@ -657,11 +658,14 @@ static void dmu_merge_work(struct work_struct *ws)
 		return;
 	}
 
-	/* Bios only ever join the tail, and a copy takes no riders. */
+	/* The merged write is done: only the bios queued behind it are left. */
+	bio_list_init(&rest);
 	spin_lock_irqsave(&t->lock, flags);
-	first = bio_list_pop(&p->bios);
+	while ((bio = bio_list_pop(&p->bios)))
+		if (bio != orig)
+			bio_list_add(&rest, bio);
+	p->bios = rest;
 	spin_unlock_irqrestore(&t->lock, flags);
-	WARN_ON_ONCE(first != orig);
 	dmu_merge_free(mg);
 	dmu_copy_done(0, 0, p);
 	bio_endio(orig);
@@ -1424,15 +1428,14 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 	}
 	list_del_init(&p->out.node);
 	p->seq = ++t->reply_seq;
-	/*
-	 * Not the last run alone: at the end of a region first written at
-	 * random, the daemon answers short runs between allocated blocks,
-	 * and the next region's first requests would then all go out at
-	 * once, a round trip each, though the first answer covers them.
-	 */
-	if (m)
-		t->ride_span = max(t->ride_span, run);
 	if (m) {
+		/*
+		 * Not the last run alone: at the end of a region first
+		 * written at random the daemon answers short runs between
+		 * allocated blocks, and the next region's first requests
+		 * would all go out at once, though one answer covers them.
+		 */
+		t->ride_span = max(t->ride_span, run);
 		m->seq = p->seq;
 		/* Before any later reply: replies are applied in order. */
 		__dmu_install_run(t, m, run, &spare);

@@ -557,9 +557,10 @@ static bool __dmu_cow_start(struct dmu_target *t, struct dmu_mapping *cow,
 #define DMU_MERGE_MAX_SECTORS	512
 
 /*
- * A first partial write to a COW block, merged: the block is read from its
- * source into @pages, the write's bytes are laid over it, and the whole
- * block goes to its new place in one write. Copy-first (dm-kcopyd, as
+ * A first partial write to a COW block (or to a block the daemon answered
+ * with copy-first), merged: the block is read from its source into @pages,
+ * the write's bytes are laid over it, and the whole block goes to its new
+ * place in one write. Copy-first (dm-kcopyd, as
  * dm-snapshot does) reads the block, writes it, and only then lets the bio
  * write its part: three I/Os one after the other where this does two.
  */
@@ -673,8 +674,9 @@ static void dmu_merge_work(struct work_struct *ws)
 
 /*
  * Merge @bio, the first write to the block @p copies @from -> @to, instead
- * of copying first: only a plain write (a FUA one waits for a commit after
- * its copy, which the copy-first path does) to a block small enough.
+ * of copying first (a COW allocation, or a daemon's copy-first answer):
+ * only a plain write (a FUA one waits for a commit after its copy, which
+ * the copy-first path does) to a block small enough.
  * Returns false, having done nothing, when dm-kcopyd should copy instead:
  * not such a write, or no memory (never waited for).
  */
@@ -1357,6 +1359,7 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 	struct dmu_mapping *m = NULL;
 	struct dmu_pending *p;
 	struct dm_io_region from, to;
+	struct bio *first;
 	unsigned long flags;
 	LIST_HEAD(spare);
 	sector_t len;
@@ -1446,6 +1449,11 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 	p->sector = rep->sector;
 	p->error = rep->error;
 	p->copying = f & DMU_MAP_COPY_FIRST;
+	/*
+	 * The bio that asked comes first (riders join after it); a write
+	 * into a block it will remember writable can be merged.
+	 */
+	first = m && (f & DMU_MAP_WRITABLE) ? bio_list_peek(&p->bios) : NULL;
 	spin_unlock_irqrestore(&t->lock, flags);
 	dmu_free_spare(&spare);
 
@@ -1460,7 +1468,8 @@ static int dmu_map_reply(struct dmu_target *t, const struct dmu_msg *msg)
 	to.bdev = t->devs[rep->dev]->bdev;
 	to.sector = rep->sector;
 	to.count = len;
-	dm_kcopyd_copy(t->kcopyd, &from, 1, &to, 0, dmu_copy_done, p);
+	if (!first || !dmu_merge_start(t, p, first, &from, &to))
+		dm_kcopyd_copy(t->kcopyd, &from, 1, &to, 0, dmu_copy_done, p);
 	return 0;
 }
 

@@ -207,6 +207,21 @@ dd if=/tmp/p of=/tmp/expect bs=4k seek=$((2 * 16 + 15)) conv=notrunc status=none
 dd if=/tmp/p of=/dev/mapper/cf bs=4k seek=$((2 * 16 + 15)) oflag=direct status=none
 check "read-only base block faults and copies" cmp <(blk /dev/mapper/cf 64k 2) <(dd if=/tmp/expect bs=64k skip=2 count=1 status=none)
 check "second copy counted" eq "$(st cf copies)" 2
+# Eight writes at once into block 4: the first one's copy-first answer
+# is merged with it, the others wait for it and land after.
+WR=""
+for i in 1 2 4 7 8 11 13 15; do
+	pattern /tmp/c$i 4096
+	dd if=/tmp/c$i of=/tmp/expect bs=4k seek=$((4 * 16 + i)) conv=notrunc status=none
+	dd if=/tmp/c$i of=/dev/mapper/cf bs=4k seek=$((4 * 16 + i)) oflag=direct status=none &
+	WR="$WR $!"
+done
+failed=0
+for w in $WR; do wait "$w" || failed=$((failed + 1)); done
+check "copy-first: eight writes at once into one block all succeed" eq $failed 0
+check "copy-first: ... the block reads back as base + all eight" cmp <(blk /dev/mapper/cf 64k 4) <(dd if=/tmp/expect bs=64k skip=4 count=1 status=none)
+check "copy-first: ... and the data device holds it" cmp <(blk /dev/vda 64k 4) <(dd if=/tmp/expect bs=64k skip=4 count=1 status=none)
+check "copy-first: ... one copy for the block" eq "$(st cf copies)" 3
 stop_resp
 dmsetup remove cf
 

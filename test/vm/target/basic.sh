@@ -209,16 +209,7 @@ check "read-only base block faults and copies" cmp <(blk /dev/mapper/cf 64k 2) <
 check "second copy counted" eq "$(st cf copies)" 2
 # Eight writes at once into block 4: the first one's copy-first answer
 # is merged with it, the others wait for it and land after.
-WR=""
-for i in 1 2 4 7 8 11 13 15; do
-	pattern /tmp/c$i 4096
-	dd if=/tmp/c$i of=/tmp/expect bs=4k seek=$((4 * 16 + i)) conv=notrunc status=none
-	dd if=/tmp/c$i of=/dev/mapper/cf bs=4k seek=$((4 * 16 + i)) oflag=direct status=none &
-	WR="$WR $!"
-done
-failed=0
-for w in $WR; do wait "$w" || failed=$((failed + 1)); done
-check "copy-first: eight writes at once into one block all succeed" eq $failed 0
+check "copy-first: eight writes at once into one block all succeed" eq "$(pages_at_once /dev/mapper/cf 4 1 2 4 7 8 11 13 15)" 0
 check "copy-first: ... the block reads back as base + all eight" cmp <(blk /dev/mapper/cf 64k 4) <(dd if=/tmp/expect bs=64k skip=4 count=1 status=none)
 check "copy-first: ... and the data device holds it" cmp <(blk /dev/vda 64k 4) <(dd if=/tmp/expect bs=64k skip=4 count=1 status=none)
 check "copy-first: ... one copy for the block" eq "$(st cf copies)" 3
@@ -286,16 +277,7 @@ dd if=/dev/zero of=/dev/vda bs=1M count=1 oflag=direct status=none
 dmsetup create cm --table "0 $SZ userspace cm $BS /dev/vda /dev/vdb"
 start_resp cm $L/cm.log -m cow=1 -R 16
 cp /tmp/base /tmp/expect
-WR=""
-for i in 0 3 5 6 9 12 14 15; do
-	pattern /tmp/m$i 4096
-	dd if=/tmp/m$i of=/tmp/expect bs=4k seek=$((6 * 16 + i)) conv=notrunc status=none
-	dd if=/tmp/m$i of=/dev/mapper/cm bs=4k seek=$((6 * 16 + i)) oflag=direct status=none &
-	WR="$WR $!"
-done
-failed=0
-for w in $WR; do wait "$w" || failed=$((failed + 1)); done
-check "merge: eight writes at once into one new block all succeed" eq $failed 0
+check "merge: eight writes at once into one new block all succeed" eq "$(pages_at_once /dev/mapper/cm 6 0 3 5 6 9 12 14 15)" 0
 check "merge: the block reads back as base + all eight" cmp <(blk /dev/mapper/cm 64k 6) <(dd if=/tmp/expect bs=64k skip=6 count=1 status=none)
 check "merge: ... and the data device holds it" cmp <(blk /dev/vda 64k 6) <(dd if=/tmp/expect bs=64k skip=6 count=1 status=none)
 check "merge: the base is untouched" cmp <(blk /dev/vdb 64k 6) <(dd if=/tmp/base bs=64k skip=6 count=1 status=none)

@@ -61,6 +61,21 @@ stop_resp() {
 # Block-sized pattern files.
 pattern() { head -c "$2" /dev/urandom >"$1"; }
 blk() { dd if="$1" bs="$2" skip="$3" count=1 iflag=direct status=none; }
+# pages_at_once DEV BLOCK PAGE...: write a new random 4 KiB page at each
+# PAGE of 64 KiB block BLOCK of DEV, all at once, and into /tmp/expect;
+# prints how many of the writes failed.
+pages_at_once() {
+	local dev=$1 block=$2 i pids="" p failed=0
+	shift 2
+	for i in "$@"; do
+		pattern /tmp/page$i 4096
+		dd if=/tmp/page$i of=/tmp/expect bs=4k seek=$((block * 16 + i)) conv=notrunc status=none
+		dd if=/tmp/page$i of="$dev" bs=4k seek=$((block * 16 + i)) oflag=direct status=none &
+		pids="$pids $!"
+	done
+	for p in $pids; do wait "$p" || failed=$((failed + 1)); done
+	echo $failed
+}
 
 modprobe dm-mod
 insmod "$PWD/kernel/build/$KVER/dmu.ko"

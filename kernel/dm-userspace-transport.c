@@ -172,7 +172,11 @@ static size_t dmu_take_batch(struct dmu_target *t, struct dmu_msg *buf,
 	size_t n = 0;
 
 	spin_lock_irqsave(&t->lock, flags);
-	if (t->dead)
+	/*
+	 * As poll() says: reports alone are taken once due (see outq_due),
+	 * even by a daemon that reads again at once.
+	 */
+	if (t->dead || !(t->features_pending || t->outq_due))
 		goto out_unlock;
 	t->reports_unwoken = 0;
 	if (t->features_pending && n < max) {
@@ -213,11 +217,7 @@ static ssize_t dmu_ctl_read(struct file *file, char __user *ubuf,
 		return -ENOMEM;
 
 	for (;;) {
-		/*
-		 * What poll() says: reports alone are read once due (see
-		 * outq_due), even by a daemon that reads again at once.
-		 */
-		n = dmu_readable(t) ? dmu_take_batch(t, buf, max) : 0;
+		n = dmu_take_batch(t, buf, max);
 		if (n || READ_ONCE(t->dead))
 			break;
 		if (file->f_flags & O_NONBLOCK) {

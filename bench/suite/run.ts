@@ -117,7 +117,7 @@ function fromRunDir(dir: string): VmResult {
 	if (!fs.existsSync(dir) || !fs.readdirSync(dir).some((f) => f.startsWith('setup-'))) {
 		throw new DmuError('DMU_ERR_BENCH_ARGS', `--from ${dir}: no guest files of a bench run there`);
 	}
-	return { exitCode: 0, console: '', outDir: dir, kernelProblems: [], durationMs: 0, timedOut: false, timing: { lockWaitMs: 0, bootMs: -1 } };
+	return { exitCode: 0, console: '', outDir: dir, kernelProblems: [], durationMs: 0, timedOut: false, timing: { lockWaitMs: 0, bootMs: -1, bootAttempts: 0 } };
 }
 
 runMain('bench', async () => {

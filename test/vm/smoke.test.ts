@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import {
+	bootCrashed,
 	consoleTail,
 	findKernelProblems,
 	guestKernels,
@@ -139,6 +140,32 @@ t.test('a kernel WARNING is reported, script output is not', async (t) => {
 		'script stdout is not taken for a kernel problem',
 	);
 	if (r.kernelProblems.length !== 1) t.comment(r.kernelProblems.join('\n'), consoleTail(r));
+});
+
+t.test('a boot crash is told apart from a crash in the test (host only)', async (t) => {
+	const oops = '[    1.378377] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n[    1.381747] Kernel panic - not syncing: Fatal exception in interrupt';
+	t.ok(bootCrashed(`[    0.100000] Linux version 6.12\n${oops}`), 'an Oops before the script started');
+	t.notOk(bootCrashed(`@@DMU script-start uptime=1.2\n${oops}`), 'an Oops once the script runs is the test\'s');
+	t.notOk(bootCrashed('[    0.100000] Linux version 6.12\n'), 'a boot that just stopped (a timeout) is no crash');
+	t.notOk(bootCrashed('Kernel panic printed by something without a printk time\n'), 'only kernel lines count');
+});
+
+// rdinit= names no program: the kernel finds no init and no root, and
+// panics before the harness's init could start the script, both times.
+t.test('a guest kernel that dies before the script is booted once more', async (t) => {
+	const r = await runInVm({
+		kernel: anyKernel,
+		name: 'smoke-bootcrash',
+		script: 'exit 0\n',
+		kernelArgs: 'rdinit=/nonexistent',
+		timeoutSec: 60,
+	});
+	t.equal(r.timing.bootAttempts, 2, 'booted twice');
+	t.equal(r.exitCode, -1, 'no script ran');
+	t.equal(r.timedOut, false, 'not a timeout');
+	const first = path.join(r.outDir, 'console-boot1.log');
+	t.ok(fs.existsSync(first) && fs.readFileSync(first, 'utf8').includes('Kernel panic'), 'the first boot\'s console is kept');
+	t.ok(r.kernelProblems.some((l) => l.includes('Kernel panic')), 'the second crash is reported');
 });
 
 t.test('a hung guest is killed and reported as timedOut', async (t) => {

@@ -7,6 +7,7 @@
  * Data a plugin materialises (compressed clusters, partial blocks) goes
  * to an in-memory scratch area that lives only until the chunk is read.
  */
+import { stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { DmuError } from '../errors.js';
 import { ImageFile } from '../plugins/raw/io.js';
@@ -96,15 +97,30 @@ export function fillGaps(data: Buffer, ranges: Ranges, from: number, to: number)
 	if (cur < to) data.fill(0, cur, to);
 }
 
+/**
+ * A raw file whose length is not a whole number of sectors: the raw plugin
+ * leaves the partial last sector out, as a loop device does, so a copy
+ * would lose its bytes. Copied, the disk ends at the next sector
+ * boundary, zero-padded, as qemu-img's raw driver sees it.
+ */
+async function sizeWithTail(path: string, virtualSize: bigint): Promise<bigint> {
+	const st = await stat(path, { bigint: true });
+	if (!st.isFile() || st.size <= virtualSize || st.size - virtualSize >= 512n) return virtualSize;
+	return (st.size + 511n) & ~511n;
+}
+
 export class SourceReader {
 	#files: ImageFile[] = [];
 	/** A linear image's data extents on device 0, when the file system tells. */
 	#extents: Promise<Extents | undefined> | undefined;
+	#size: bigint;
 	private constructor(
 		readonly image: Image,
 		readonly format: string,
 		readonly scratch: MemoryScratch,
-	) {}
+	) {
+		this.#size = image.virtualSize;
+	}
 
 	static async open(path: string, format: string | undefined, opts: OpenOptions = {}): Promise<SourceReader> {
 		const plugin = await pluginFor(path, format);
@@ -119,6 +135,7 @@ export class SourceReader {
 			// while the destination is created.
 			if (image.capabilities.linear && image.devices[0]) {
 				r.#extents = dataExtents(image.devices[0].path);
+				r.#size = await sizeWithTail(image.devices[0].path, image.virtualSize);
 			}
 		} catch (e) {
 			await r.close();
@@ -127,8 +144,9 @@ export class SourceReader {
 		return r;
 	}
 
+	/** Bytes to copy: the image's size, but for a raw file's partial last sector (sizeWithTail). */
 	get size(): bigint {
-		return this.image.virtualSize;
+		return this.#size;
 	}
 
 	/**

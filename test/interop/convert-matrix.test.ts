@@ -5,6 +5,7 @@
  * Also: backing chains flattened, -B keeping a backing file, sparseness,
  * errors as one line.
  */
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import t from 'tap';
@@ -66,6 +67,27 @@ t.test('convert a raw disk to every format', (t) =>
 			const back = await dmuRaw(fmt, dst);
 			t.equal(firstDiff(back.subarray(0, want.length), want), -1, `${fmt} ${opts ?? ''}: dmu reads the source's bytes`);
 			t.ok(back.subarray(want.length).every((x) => x === 0), `${fmt}: any rounding tail reads zeros`);
+		}
+	}),
+);
+
+// A raw file need not be whole sectors (an image cut short, a download).
+// qemu-img pads it to the next sector; dmu convert once dropped the tail.
+t.test('a raw source with a partial last sector keeps every byte', (t) =>
+	withTmp(async (dir) => {
+		const src = join(dir, 'odd.raw');
+		const bytes = Buffer.alloc(70_000);
+		for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 7 + 3) & 0xff;
+		await writeFile(src, bytes);
+		for (const fmt of ['raw', 'qcow2', 'vmdk']) {
+			const dst = join(dir, `odd-out.${fmt}`);
+			const stats = await convert({ src, dst, dstFormat: fmt });
+			t.equal(stats.size, 70_144n, `${fmt}: the disk ends at the next sector boundary, as qemu-img sees the file`);
+			const cmp = await qemuImgStatus('compare', '-f', 'raw', '-F', fmt, src, dst);
+			t.equal(cmp.code, 0, `${fmt}: qemu-img compare ${cmp.out.trim()}`);
+			const back = await dmuRaw(fmt, dst);
+			t.equal(firstDiff(back.subarray(0, bytes.length), bytes), -1, `${fmt}: the last 368 bytes are there`);
+			t.ok(back.subarray(bytes.length).every((x) => x === 0), `${fmt}: padded with zeros`);
 		}
 	}),
 );

@@ -5,7 +5,8 @@
  * largest power of two dividing it): the kernel only takes mappings that
  * lie wholly inside the device, so there is no partial last block.
  * Sizes are whole 512-byte sectors (a trailing partial sector is not part
- * of the disk, as with a loop device).
+ * of the disk, as with a loop device; dmu convert copies it all the same,
+ * padded to a sector, as qemu-img does: src/convert/source.ts).
  */
 import { open, stat, truncate } from 'node:fs/promises';
 import { DmuError } from '../../errors.js';

@@ -84,7 +84,7 @@ export interface VmResult {
 	outDir: string;
 	/** Kernel log lines that indicate a kernel bug (see KERNEL_PROBLEM). */
 	kernelProblems: string[];
-	/** Wall time of the VM, from taking the VM lock to QEMU's exit. */
+	/** Wall time of the VM, from taking the VM lock to QEMU's exit (the first boot's lock to the last exit, if booted again). */
 	durationMs: number;
 	timedOut: boolean;
 	/** QEMU was SIGKILLed on purpose (`killWhen`); set by runInVm, absent in hand-made results. */

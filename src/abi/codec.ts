@@ -33,8 +33,23 @@ interface WireField extends FieldSpec {
 	readonly at: number;
 }
 
-/** Per type: the header fields then the payload fields, absolute offsets. */
-const layouts = new Map<number, readonly WireField[]>();
+/**
+ * A type's fields, absolute offsets, split by kind: cowd encodes and
+ * decodes every message through these, mostly before V8 has optimised
+ * anything (and under emulation for a long time after), so the loops
+ * stay flat: no per-field switch or closure.
+ */
+interface WireLayout {
+	/** Every field in the order of the C struct (header, then payload). */
+	readonly all: readonly WireField[];
+	readonly u32: readonly WireField[];
+	readonly s32: readonly WireField[];
+	readonly u64: readonly WireField[];
+	/** Reserved fields; every one is a whole number of aligned 32-bit words. */
+	readonly reserved: readonly WireField[];
+}
+
+const layouts = new Map<number, WireLayout>();
 for (const type of Object.values(MsgType)) {
 	const header = MsgHeader.fields
 		.filter((f) => f.kind !== 'reserved')
@@ -43,10 +58,11 @@ for (const type of Object.values(MsgType)) {
 	const payload: readonly FieldSpec[] = payloadName
 		? Payload[payloadName].fields
 		: MsgHeader.fields.filter((f) => f.kind === 'reserved');
-	layouts.set(type, [
-		...header,
-		...payload.map((f) => ({ ...f, at: payloadName ? DMU_HEADER_SIZE + f.offset : f.offset })),
-	]);
+	const all: WireField[] = [...header, ...payload.map((f) => ({ ...f, at: payloadName ? DMU_HEADER_SIZE + f.offset : f.offset }))];
+	const kind = (k: FieldSpec['kind']) => all.filter((f) => f.kind === k);
+	const reserved = kind('reserved');
+	if (reserved.some((f) => f.at % 4 !== 0 || f.size % 4 !== 0)) throw new Error(`${msgTypeName(type)}: a reserved field is not whole 32-bit words`);
+	layouts.set(type, { all, u32: kind('u32'), s32: kind('s32'), u64: kind('u64'), reserved });
 }
 
 const U32_MAX = 0xffff_ffff;
@@ -54,7 +70,7 @@ const S32_MIN = -0x8000_0000;
 const S32_MAX = 0x7fff_ffff;
 const U64_MAX = (1n << 64n) - 1n;
 
-function layoutOf(type: number, index: number, offset: number): readonly WireField[] {
+function layoutOf(type: number, index: number, offset: number): WireLayout {
 	const layout = layouts.get(type);
 	if (!layout) {
 		throw new AbiError(
@@ -79,6 +95,10 @@ export function encodeMessage(msg: DmuMessage, buf = Buffer.alloc(DMU_MSG_SIZE),
 	return buf;
 }
 
+function fieldError(msg: DmuMessage, f: WireField, index: number, at: number, why: string): AbiError {
+	return new AbiError(AbiErrorCode.FIELD, `${msgTypeName(msg.type)}.${f.name}: ${why} (message ${index})`, index, at);
+}
+
 /**
  * The encoder. cowd encodes every answer with it, so it stays lean: the
  * message name is only looked up for an error, u64s go through the
@@ -87,38 +107,35 @@ export function encodeMessage(msg: DmuMessage, buf = Buffer.alloc(DMU_MSG_SIZE),
 function encodeInto(msg: DmuMessage, buf: Buffer, view: DataView, offset: number, index: number, zeroed: boolean): void {
 	const layout = layoutOf(msg.type, index, offset);
 	const values = msg as unknown as Record<string, unknown>;
-	for (const f of layout) {
-		const at = offset + f.at;
-		if (f.kind === 'reserved') {
-			if (!zeroed) buf.fill(0, at, at + f.size);
-			continue;
-		}
+	for (const f of layout.u64) {
 		const v = values[f.name];
-		const bad = (why: string) =>
-			new AbiError(AbiErrorCode.FIELD, `${msgTypeName(msg.type)}.${f.name}: ${why} (message ${index})`, index, at);
-		if (f.kind === 'u64') {
-			if (typeof v !== 'bigint') throw bad(`expected a bigint, got ${typeof v}`);
-			if (v < 0n || v > U64_MAX) throw bad(`${v} does not fit in u64`);
-			view.setBigUint64(at, v, true);
-		} else {
-			if (typeof v !== 'number' || !Number.isInteger(v)) throw bad(`expected an integer, got ${String(v)}`);
-			if (f.kind === 'u32') {
-				if (v < 0 || v > U32_MAX) throw bad(`${v} does not fit in u32`);
-				view.setUint32(at, v, true);
-			} else {
-				if (v < S32_MIN || v > S32_MAX) throw bad(`${v} does not fit in s32`);
-				view.setInt32(at, v, true);
-			}
-		}
+		if (typeof v !== 'bigint') throw fieldError(msg, f, index, offset + f.at, `expected a bigint, got ${typeof v}`);
+		if (v < 0n || v > U64_MAX) throw fieldError(msg, f, index, offset + f.at, `${v} does not fit in u64`);
+		view.setBigUint64(offset + f.at, v, true);
 	}
+	for (const f of layout.u32) {
+		const v = values[f.name];
+		if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > U32_MAX) {
+			throw fieldError(msg, f, index, offset + f.at, typeof v === 'number' && Number.isInteger(v) ? `${v} does not fit in u32` : `expected an integer, got ${String(v)}`);
+		}
+		view.setUint32(offset + f.at, v, true);
+	}
+	for (const f of layout.s32) {
+		const v = values[f.name];
+		if (typeof v !== 'number' || !Number.isInteger(v) || v < S32_MIN || v > S32_MAX) {
+			throw fieldError(msg, f, index, offset + f.at, typeof v === 'number' && Number.isInteger(v) ? `${v} does not fit in s32` : `expected an integer, got ${String(v)}`);
+		}
+		view.setInt32(offset + f.at, v, true);
+	}
+	if (!zeroed) for (const f of layout.reserved) buf.fill(0, offset + f.at, offset + f.at + f.size);
 }
 
 /** Decode the 64-byte message at `offset`. */
 export function decodeMessage(buf: Buffer, offset = 0, opts: DecodeOptions = {}, index = 0): DmuMessage {
-	return decodeFrom(buf, viewOf(buf), offset, opts, index);
+	return decodeFrom(buf, viewOf(buf), offset, opts.checkReserved ?? true, index);
 }
 
-function decodeFrom(buf: Buffer, view: DataView, offset: number, opts: DecodeOptions, index: number): DmuMessage {
+function decodeFrom(buf: Buffer, view: DataView, offset: number, checkReserved: boolean, index: number): DmuMessage {
 	if (buf.length - offset < DMU_MSG_SIZE) {
 		throw new AbiError(
 			AbiErrorCode.LENGTH,
@@ -129,37 +146,34 @@ function decodeFrom(buf: Buffer, view: DataView, offset: number, opts: DecodeOpt
 	}
 	const type = view.getUint32(offset, true);
 	const layout = layoutOf(type, index, offset);
-	const checkReserved = opts.checkReserved ?? true;
-	const out: Record<string, number | bigint> = {};
-	for (const f of layout) {
-		const at = offset + f.at;
-		switch (f.kind) {
-			case 'u32':
-				out[f.name] = view.getUint32(at, true);
-				break;
-			case 's32':
-				out[f.name] = view.getInt32(at, true);
-				break;
-			case 'u64':
-				out[f.name] = view.getBigUint64(at, true);
-				break;
-			case 'reserved':
-				if (checkReserved) {
-					for (let i = at; i < at + f.size; i++) {
-						if (buf[i] !== 0) {
-							throw new AbiError(
-								AbiErrorCode.RESERVED,
-								`${msgTypeName(type)}: reserved field ${f.c} is not zero (message ${index}, byte ${i - offset})`,
-								index,
-								i,
-							);
-						}
-					}
-				}
-				break;
+	if (checkReserved) {
+		for (const f of layout.reserved) {
+			// A word at a time; the byte is only looked for to name it.
+			for (let at = offset + f.at; at < offset + f.at + f.size; at += 4) {
+				if (view.getUint32(at, true) !== 0) throw reservedError(buf, type, f, index, offset, at);
+			}
 		}
 	}
+	// Fields in the C struct's order: every message of a type gets one shape.
+	const out: Record<string, number | bigint> = {};
+	for (const f of layout.all) {
+		const at = offset + f.at;
+		if (f.kind === 'u32') out[f.name] = view.getUint32(at, true);
+		else if (f.kind === 'u64') out[f.name] = view.getBigUint64(at, true);
+		else if (f.kind === 's32') out[f.name] = view.getInt32(at, true);
+	}
 	return out as unknown as DmuMessage;
+}
+
+function reservedError(buf: Buffer, type: number, f: WireField, index: number, offset: number, word: number): AbiError {
+	let i = word;
+	while (buf[i] === 0) i++;
+	return new AbiError(
+		AbiErrorCode.RESERVED,
+		`${msgTypeName(type)}: reserved field ${f.c} is not zero (message ${index}, byte ${i - offset})`,
+		index,
+		i,
+	);
 }
 
 /** Encode a batch: the messages back to back, msgs.length * 64 bytes. */
@@ -186,8 +200,9 @@ export function decodeBatch(buf: Buffer, opts: DecodeOptions = {}): DmuMessage[]
 	}
 	const msgs: DmuMessage[] = [];
 	const view = viewOf(buf);
+	const checkReserved = opts.checkReserved ?? true;
 	for (let i = 0; i * DMU_MSG_SIZE < buf.length; i++) {
-		msgs.push(decodeFrom(buf, view, i * DMU_MSG_SIZE, opts, i));
+		msgs.push(decodeFrom(buf, view, i * DMU_MSG_SIZE, checkReserved, i));
 	}
 	return msgs;
 }

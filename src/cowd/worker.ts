@@ -93,8 +93,10 @@ export class Worker {
 	/**
 	 * Blocks the kernel allocated itself (Feature.COW), not yet committed,
 	 * by the allocation's number: a COMMIT covers them by coveredAlloc.
+	 * Keyed by plain numbers (every first write lands here; a block index
+	 * is far below 2^53).
 	 */
-	#kernelAllocated = new Map<bigint, bigint>();
+	#kernelAllocated = new Map<number, bigint>();
 	/**
 	 * The lowest number of an allocation the image failed to record (never
 	 * acknowledged): no flush covering it may succeed, its metadata is lost.
@@ -216,7 +218,8 @@ export class Worker {
 			i = end;
 		}
 		if (replies.length === 0) return;
-		if (this.#maxRun > 1) replies = trimRuns(replies, BigInt(this.image.blockSize / 512), allocatedRanges(msgs));
+		// Only runs need trimming: a batch of reports alone has none.
+		if (this.#maxRun > 1 && asked.size > 0) replies = trimRuns(replies, BigInt(this.image.blockSize / 512), allocatedRanges(msgs));
 		let refused = new Set<DaemonMessage>();
 		try {
 			await this.ctl.writeBatch(replies);
@@ -255,7 +258,7 @@ export class Worker {
 		const before = this.#firstSeq <= m.coveredSeq && this.#firstAlloc <= m.coveredAlloc;
 		return (block) => {
 			const byReply = this.#uncommitted.get(block);
-			const byKernel = this.#kernelAllocated.get(block);
+			const byKernel = this.#kernelAllocated.get(Number(block));
 			if (byKernel !== undefined) return byKernel <= m.coveredAlloc && (byReply ?? 0n) <= m.coveredSeq;
 			return byReply === undefined ? before : byReply <= m.coveredSeq;
 		};
@@ -390,47 +393,65 @@ export class Worker {
 	 * acknowledge it (the kernel re-sends an unacknowledged one to the
 	 * next daemon, so a failure is not acked). Blocks the image has
 	 * already (a re-sent report) are acked as well. One async step for the
-	 * whole group, not one per report: under emulation the promise chains
-	 * per report were what cowd spent its CPU on (the image's records of a
-	 * group share one live-bitmap write).
+	 * whole group, and one settle per distinct promise, not one per report:
+	 * under emulation the promise chains per report were what cowd spent
+	 * its CPU on (the image's records of a group share one live-bitmap
+	 * write, so they share its promise too).
 	 */
 	async #recordAllocations(group: readonly AllocatedMsg[]): Promise<Array<DaemonMessage | undefined>> {
 		const image = this.image;
-		// One settled promise per report: all its blocks recorded, or the first failure.
-		const results = await Promise.allSettled(
-			group.map((m) => {
-				this.stats.allocations += m.count;
-				try {
-					if (!image.allocated) throw new Error(`${image.format} images cannot record allocations made by the kernel`);
-					if (m.count < 1) throw new Error(`the kernel reported ${m.count} blocks allocated`);
-					return image.allocated(m.block, m.dev, m.sector, m.count);
-				} catch (e) {
-					return Promise.reject(e);
-				}
-			}),
+		// Per report: the image's promise that it is recorded, or why it could not be.
+		const records: Array<Promise<void> | { failed: unknown }> = [];
+		for (const m of group) {
+			this.stats.allocations += m.count;
+			try {
+				if (!image.allocated) throw new Error(`${image.format} images cannot record allocations made by the kernel`);
+				if (m.count < 1) throw new Error(`the kernel reported ${m.count} blocks allocated`);
+				// Promise.resolve keeps a native promise as it is (shared ones stay shared).
+				records.push(Promise.resolve(image.allocated(m.block, m.dev, m.sector, m.count)));
+			} catch (e) {
+				records.push({ failed: e });
+			}
+		}
+		// Reports of one batch mostly share one promise (dscow's live write):
+		// settle each distinct one once.
+		const outcome = new Map<Promise<void>, { failed: unknown } | undefined>();
+		for (const r of records) if (r instanceof Promise) outcome.set(r, undefined);
+		await Promise.all(
+			[...outcome.keys()].map((p) =>
+				p.then(
+					() => undefined,
+					(e: unknown) => void outcome.set(p, { failed: e }),
+				),
+			),
 		);
-		return group.map((m, i) => {
-			const r = results[i]!;
-			if (r.status === 'rejected') {
+		const answers: Array<DaemonMessage | undefined> = [];
+		for (let i = 0; i < group.length; i++) {
+			const m = group[i]!;
+			const r = records[i]!;
+			const failure = r instanceof Promise ? outcome.get(r) : r;
+			if (failure) {
 				this.stats.errors++;
 				if (this.#unrecorded === undefined || m.allocSeq < this.#unrecorded) this.#unrecorded = m.allocSeq;
-				const err = isDmuError(r.reason) ? r.reason.message : String(r.reason);
+				const err = isDmuError(failure.failed) ? failure.failed.message : String(failure.failed);
 				this.log.error(
 					{ block: m.block, count: m.count, dev: m.dev, sector: m.sector, allocSeq: m.allocSeq, err },
 					'kernel allocation not recorded: flushes covering it will fail',
 				);
-				return undefined;
+				answers.push(undefined);
+				continue;
 			}
+			const first = Number(m.block);
 			for (let j = 0; j < m.count; j++) {
 				// The latest number, should a block ever be reported twice:
 				// its commit must wait for the later copy.
-				const block = m.block + BigInt(j);
-				const seq = m.allocSeq + BigInt(j);
-				const known = this.#kernelAllocated.get(block);
-				if (known === undefined || known < seq) this.#kernelAllocated.set(block, seq);
+				const seq = j === 0 ? m.allocSeq : m.allocSeq + BigInt(j);
+				const known = this.#kernelAllocated.get(first + j);
+				if (known === undefined || known < seq) this.#kernelAllocated.set(first + j, seq);
 			}
-			return allocatedAck(m.id);
-		});
+			answers.push(allocatedAck(m.id));
+		}
+		return answers;
 	}
 }
 

@@ -97,8 +97,12 @@ export class DscowImage implements Image {
 	readonly blockSize: number;
 	readonly devices: readonly ImageDevice[];
 	readonly capabilities: Capabilities;
-	/** Blocks allocated since the last commit started: their bits are not on disk yet. */
-	#pending = new Set<bigint>();
+	/**
+	 * Blocks allocated since the last commit started: their bits are not on
+	 * disk yet. Plain numbers (a block index is far below 2^53): every first
+	 * write passes through here, and BigInt keys hash slowly.
+	 */
+	#pending = new Set<number>();
 	#commitChain: Promise<void> = Promise.resolve();
 	#liveChain: Promise<void> = Promise.resolve();
 	/** Live-bitmap words changed since the last live write started. */
@@ -109,6 +113,9 @@ export class DscowImage implements Image {
 	#closed = false;
 	/** The bitmap words as the last commit left them on disk. */
 	#onDisk: Uint32Array;
+	/** Where block 0 lies in the image, and a block's length, in sectors (blocks are whole sectors). */
+	readonly #firstSector: bigint;
+	readonly #blockSectors: bigint;
 
 	private constructor(
 		readonly path: string,
@@ -127,6 +134,8 @@ export class DscowImage implements Image {
 		this.#onDisk = onDisk;
 		this.virtualSize = header.virtualSize;
 		this.blockSize = header.blockSize;
+		this.#firstSector = header.firstBlock / 512n;
+		this.#blockSectors = BigInt(header.blockSize / 512);
 		const devs: ImageDevice[] = [{ path, writable: !readOnly }];
 		if (basePath) devs.push({ path: basePath, writable: false });
 		this.devices = devs;
@@ -177,7 +186,7 @@ export class DscowImage implements Image {
 			}
 			opts.log?.debug({ image: path, base: basePath, wasDirty, resumed: pending.length }, 'dscow image opened');
 			const img = new DscowImage(abs, header, bitmap, basePath, readOnly, wasDirty, blockDevice, fh, opts.scratch, onDisk);
-			for (const b of pending) img.#pending.add(b);
+			for (const b of pending) img.#pending.add(Number(b));
 			return img;
 		} catch (e) {
 			await fh.close();
@@ -186,7 +195,7 @@ export class DscowImage implements Image {
 	}
 
 	#imageSector(block: bigint): bigint {
-		return (this.header.firstBlock + block * BigInt(this.blockSize)) / 512n;
+		return this.#firstSector + block * this.#blockSectors;
 	}
 
 	/** The base's last, partial block, zero-padded, stored once on the scratch device. */
@@ -235,9 +244,9 @@ export class DscowImage implements Image {
 		const count = this.header.blockCount;
 		if (block < 0n || block >= count) return { kind: 'error', errno: EIO };
 		if (this.bitmap.get(block)) {
-			const durable = !this.#pending.has(block);
+			const durable = !this.#pending.has(Number(block));
 			// Committed neighbours are contiguous in the file: one answer for all.
-			const run = durable ? this.#run(block, req.maxRun, count, (b) => this.bitmap.has(b) && (this.#pending.size === 0 || !this.#pending.has(BigInt(b)))) : 1;
+			const run = durable ? this.#run(block, req.maxRun, count, (b) => this.bitmap.has(b) && (this.#pending.size === 0 || !this.#pending.has(b))) : 1;
 			return { kind: 'map', dev: 0, sector: this.#imageSector(block), writable: !this.readOnly, durable, run };
 		}
 		const src = await this.#source(block);
@@ -251,7 +260,7 @@ export class DscowImage implements Image {
 		if (this.readOnly) return { kind: 'error', errno: EROFS };
 		if (!src && !req.wholeBlock && (this.wasDirty || this.onDevice)) await this.#zeroBlock(block);
 		this.bitmap.set(block);
-		this.#pending.add(block);
+		this.#pending.add(Number(block));
 		await this.#recordLive(block);
 		const d: MapDecision = { kind: 'map', dev: 0, sector: this.#imageSector(block), writable: true, durable: false };
 		if (src && !req.wholeBlock) d.copyFrom = src;
@@ -321,7 +330,7 @@ export class DscowImage implements Image {
 		for (let b = first; b < first + count; b++) {
 			if (this.bitmap.has(b)) continue; // recorded already (a re-sent report)
 			this.bitmap.setNumber(b);
-			this.#pending.add(BigInt(b));
+			this.#pending.add(b);
 			this.#liveDirty.add(b >>> 5);
 			added = true;
 		}
@@ -343,9 +352,9 @@ export class DscowImage implements Image {
 	}
 
 	async copyFailed(block: bigint): Promise<void> {
-		if (this.readOnly || !this.#pending.has(block)) return; // only blocks allocated since the last commit
+		if (this.readOnly || !this.#pending.has(Number(block))) return; // only blocks allocated since the last commit
 		this.bitmap.clear(block);
-		this.#pending.delete(block);
+		this.#pending.delete(Number(block));
 		await this.#recordLive(block);
 	}
 
@@ -422,11 +431,11 @@ export class DscowImage implements Image {
 	 */
 	async #commit(covered?: (block: bigint) => boolean): Promise<void> {
 		if (this.readOnly) return;
-		const blocks = [...this.#pending].filter((b) => this.bitmap.get(b) && (covered?.(b) ?? true));
+		const blocks = [...this.#pending].filter((b) => this.bitmap.has(b) && (covered?.(BigInt(b)) ?? true));
 		const next = new Map<number, number>();
 		for (const b of blocks) {
-			const w = Number(b) >>> 5;
-			next.set(w, ((next.get(w) ?? this.#onDisk[w]!) | (1 << (Number(b) & 31))) >>> 0);
+			const w = b >>> 5;
+			next.set(w, ((next.get(w) ?? this.#onDisk[w]!) | (1 << (b & 31))) >>> 0);
 		}
 		const words = [...next.keys()].sort((a, b) => a - b);
 		try {

@@ -29,7 +29,7 @@ dmsetup create cow-snap --table "0 $COW_S linear /dev/vda $((BASE_S + COW_S))"
 dmsetup create b-linear --table "0 $BASE_S linear /dev/mapper/base 0"
 dmsetup create b-snapshot --table "0 $BASE_S snapshot /dev/mapper/base /dev/mapper/cow-snap P $BLOCK_SECTORS"
 node dist/bin/dscow_tool.mjs -c /dev/mapper/cow-dscow /dev/mapper/base -b "$BS_BYTES" >"$DMU_OUT/dscow-create.txt" 2>&1
-node dist/bin/cowd.mjs -p dscow b-dscow /dev/mapper/cow-dscow /dev/mapper/base >"$DMU_OUT/cowd.log" 2>&1 &
+dist/bin/cowd.mjs -p dscow b-dscow /dev/mapper/cow-dscow /dev/mapper/base >"$DMU_OUT/cowd.log" 2>&1 &
 CPID=$!
 for _ in $(seq 600); do
 	[ "$(dmsetup status b-dscow 2>/dev/null | awk '{print $12}')" = daemon=connected ] && break

@@ -23,7 +23,7 @@ COW_S=$((COW_MIB * 2048))
 DISK_S=$(blockdev --getsz /dev/vda)
 FS_OFF=$((BASE_S + COW_S))
 FS_S=$((DISK_S - FS_OFF))
-COWD="node dist/bin/cowd.mjs"
+COWD="dist/bin/cowd.mjs"
 ip link set lo up 2>/dev/null || true
 
 modprobe dm-mod

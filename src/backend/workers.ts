@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { DmuError } from '../errors.js';
 import { formatTargetSpec, parseTargetSpec, type TargetSpec } from './target-spec.js';
+import { COWD_NODE_FLAGS } from '../cowd/node-flags.js';
 
 export const runDir = () => process.env.DMU_RUN_DIR ?? '/run/dmu';
 export const logDir = () => process.env.DMU_LOG_DIR ?? '/var/log/dmu';
@@ -101,7 +102,7 @@ export async function startWorker(spec: TargetSpec, opts: AttachOptions): Promis
 	// script exits as soon as the device is there).
 	let child: ChildProcess;
 	try {
-		child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', fd, fd] });
+		child = spawn(process.execPath, [...COWD_NODE_FLAGS, ...args], { detached: true, stdio: ['ignore', fd, fd] });
 	} finally {
 		closeSync(fd);
 	}

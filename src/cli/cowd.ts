@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --jitless --no-expose-wasm
 /**
  * `cowd`: serve one image as /dev/mapper/<name> through dm-userspace until
  * SIGTERM/SIGINT. The image's format plugin answers the kernel's questions;
@@ -10,6 +10,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
 import { Cowd } from '../cowd/daemon.js';
 import { MODULE_HINT } from '../cowd/devices.js';
+import { runsJitless } from '../cowd/node-flags.js';
 import { DEFAULT_MAX_RUN } from '../cowd/worker.js';
 import { runMain } from './run.js';
 
@@ -83,6 +84,8 @@ Behaviour:
 			},
 		) => {
 			const log = pino({ name: 'cowd', level: o.logLevel }, pino.destination(2));
+			// Which program and how it runs (see node-flags.ts), before anything can fail.
+			log.info({ disk: name, node: process.version, jitless: runsJitless() }, 'starting');
 			const cowd = new Cowd({
 				plugin: o.plugin,
 				name,

@@ -22,6 +22,13 @@ for (const name of ['dmu', 'cowd', 'dscow_tool', 'dmu-attach', 'dmu-detach']) {
 	});
 }
 
+t.test('cowd.mjs runs through its own #! line', async (t) => {
+	// env -S splits "node --jitless": a plain #! line passes one argument.
+	const r = await execa(bin('cowd'), ['--help'], { reject: false });
+	t.equal(r.exitCode, 0, r.stderr);
+	t.match(r.stdout, /^Usage: cowd/);
+});
+
 t.test('dmu attach from the bundle spawns the bundled cowd', async (t) => {
 	const dir = mkdtempSync(join(tmpdir(), 'dmu-bundle-'));
 	t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -33,6 +40,13 @@ t.test('dmu attach from the bundle spawns the bundled cowd', async (t) => {
 	const r = await execa(process.execPath, [bin('dmu'), 'attach', '-n', 'b1', '--timeout', '20', `dscow:${join(dir, 'x.dscow')}:${base}`], { env, reject: false });
 	const log = readFileSync(join(dir, 'log/b1.log'), 'utf8');
 	t.notMatch(log, /Cannot find module|ERR_MODULE_NOT_FOUND/, 'cowd was found');
+	// cowd runs as every launcher of ours starts it (src/cowd/node-flags.ts).
+	const starting = log
+		.split('\n')
+		.filter((l) => l.startsWith('{')) // JSON log lines; its last words are plain text
+		.map((l) => JSON.parse(l) as { msg?: string; jitless?: boolean })
+		.find((l) => l.msg === 'starting');
+	t.equal(starting?.jitless, true, 'cowd started without the JIT');
 	if (r.exitCode === 0) {
 		// A host with device-mapper and the module: the disk really attached.
 		t.equal(r.stdout.trim(), '/dev/mapper/b1');

@@ -6,7 +6,7 @@ RES=$DMU_OUT/results.txt
 check() { local n=$1; shift; if "$@" >>$DMU_OUT/checks.log 2>&1; then echo "ok - $n" >>"$RES"; else echo "not ok - $n # $*" >>"$RES"; fi; }
 eq() { [ "$1" = "$2" ] || { echo "expected '$2', got '$1'"; return 1; }; }
 copies() { dmsetup status "$1" | awk '{ print $7 }'; }
-COWD="node dist/bin/cowd.mjs"
+COWD="dist/bin/cowd.mjs"
 TOOL="node dist/bin/dscow_tool.mjs"
 wait_dev() { for i in $(seq 300); do [ -b /dev/mapper/$1 ] && [ "$(dmsetup status $1 | awk '{print $12}')" = daemon=connected ] && return 0; sleep 0.1; done; return 1; }
 start() { # start NAME IMAGE [args]: cowd in the background, pid in CP

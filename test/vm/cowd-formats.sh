@@ -10,7 +10,7 @@ W=/tmp/fmt
 mkdir -p $W/mnt
 COWD=
 attach() { # attach FORMAT NAME IMAGE
-	node dist/bin/cowd.mjs -p "$1" "$2" "$3" 2>>"$DMU_OUT/cowd-$2.log" &
+	dist/bin/cowd.mjs -p "$1" "$2" "$3" 2>>"$DMU_OUT/cowd-$2.log" &
 	COWD=$!
 	wait_for attached "$2"
 }

@@ -25,14 +25,14 @@ check "create over an image: refused" eq $? 1
 check "create over an image: says so" grep -q 'already holds a dscow image' <<<"$out"
 
 CP=
-attach() { node dist/bin/cowd.mjs -p dscow t "$@" 2>>"$DMU_OUT/cowd.log" & CP=$!; wait_for attached t; }
+attach() { dist/bin/cowd.mjs -p dscow t "$@" 2>>"$DMU_OUT/cowd.log" & CP=$!; wait_for attached t; }
 detach() { kill "$CP" && wait "$CP" && wait_for gone t; }
 check "cowd attaches the device" attach /dev/mapper/vol
 check "no loop device under it" no_loops
 check "reads the base" cmp -n $((64 << 20)) /dev/mapper/t /dev/mapper/base
 check "reads zeros past the base" cmp -i $((64 << 20)):0 -n $((32 << 20)) /dev/mapper/t /dev/zero
 DM_T=/dev/$(basename "$(readlink -f /sys/dev/block/"$(dmsetup info -c --noheadings -o major,minor vol | tr -d ' ')")")
-out=$(node dist/bin/cowd.mjs -p dscow t2 "$DM_T" 2>&1)
+out=$(dist/bin/cowd.mjs -p dscow t2 "$DM_T" 2>&1)
 check "same device by another name: refused" grep -q 'already open read-write by cowd pid' <<<"$out"
 
 # Partial writes: past the base (no copy: the block must read zeros, not

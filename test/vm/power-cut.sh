@@ -18,7 +18,7 @@ modprobe dm-log-writes && modprobe dm-snapshot || exit 11
 cpt() { check "$@"; }
 
 REPLAY="node dist/tools/log-writes/replay.js"
-COWD="node dist/bin/cowd.mjs"
+COWD="dist/bin/cowd.mjs"
 W=/tmp/pc # guest RAM: the list of fsynced records lives outside the disks under test
 D=/mnt/d  # the image's file system; the same path during the workload and the checks
 T=/mnt/t  # the ext4 inside the dscow disk

@@ -27,7 +27,7 @@ fcheck() { check "$@"; }
 load_dmu || exit 10
 
 DMU="node dist/bin/dmu.mjs"
-COWD="node dist/bin/cowd.mjs"
+COWD="dist/bin/cowd.mjs"
 RECORDS="node dist/test/vm/power-kill-records.js"
 D=/mnt/d # the outer fs
 T=/mnt/t # the inner fs (through the dscow disk)

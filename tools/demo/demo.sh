@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 attach() {
-	"$node" "$repo/dist/bin/cowd.mjs" -p dscow "$name" "$work/disk.dscow" \
+	"$node" --jitless --no-expose-wasm "$repo/dist/bin/cowd.mjs" -p dscow "$name" "$work/disk.dscow" \
 		2>>"$work/cowd.log" &
 	COWD=$!
 	for _ in $(seq 100); do

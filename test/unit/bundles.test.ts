@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import t from 'tap';
+import { COWD_NODE_FLAGS } from '../../src/cowd/node-flags.js';
 
 const repo = fileURLToPath(new URL('../../../', import.meta.url));
 const bin = (name: string) => join(repo, 'dist/bin', `${name}.mjs`);
@@ -27,6 +28,12 @@ t.test('cowd.mjs runs through its own #! line', async (t) => {
 	const r = await execa(bin('cowd'), ['--help'], { reject: false });
 	t.equal(r.exitCode, 0, r.stderr);
 	t.match(r.stdout, /^Usage: cowd/);
+});
+
+t.test("cowd.mjs's #! line passes the flags our launchers use", async (t) => {
+	// The #! line cannot import COWD_NODE_FLAGS: the two copies must agree.
+	const first = readFileSync(bin('cowd'), 'utf8').split('\n', 1)[0];
+	t.equal(first, `#!/usr/bin/env -S node ${COWD_NODE_FLAGS.join(' ')}`);
 });
 
 t.test('dmu attach from the bundle spawns the bundled cowd', async (t) => {

@@ -8,7 +8,9 @@
 #   BLOCK_SECTORS           CoW block size of both systems (dscow block, dm-snapshot chunk)
 #   RUNTIME REPEAT          cap of one cold run (seconds), pairs per job
 #   JOBS                    "name:rw:bs:iodepth:peer ..."; peer is snapshot or linear
-# /dev/vda: [0, BASE) base | [BASE, +COW) dscow's image | [+COW, +COW) dm-snapshot's store.
+#   DISK_RATES              1: first measure the disk's own rates at depth 32
+# /dev/vda: [0, BASE) base | [BASE, +COW) dscow's image | [+COW, +COW) dm-snapshot's store
+#   | [+COW, +REGION) scratch, written only by the disk-rate runs.
 # dmu+dscow, dm-snapshot and dm-linear stand over the same base at the same
 # time, so the two runs of a pair see the same moment of the emulated
 # machine; the suite measures one system after the other.
@@ -25,6 +27,7 @@ insmod "kernel/build/$KVER/dmu.ko"
 dmsetup create base --table "0 $BASE_S linear /dev/vda 0"
 dmsetup create cow-dscow --table "0 $COW_S linear /dev/vda $BASE_S"
 dmsetup create cow-snap --table "0 $COW_S linear /dev/vda $((BASE_S + COW_S))"
+dmsetup create scratch --table "0 $((REGION_MIB * 2048)) linear /dev/vda $((BASE_S + 2 * COW_S))"
 
 dmsetup create b-linear --table "0 $BASE_S linear /dev/mapper/base 0"
 dmsetup create b-snapshot --table "0 $BASE_S snapshot /dev/mapper/base /dev/mapper/cow-snap P $BLOCK_SECTORS"
@@ -64,6 +67,19 @@ done
 # pair uses this one region. Writes get a new region per pair.
 next_region
 READ_OFF=$off
+
+# The disk's own rates at depth 32, through dm-linear as both systems'
+# copies go: random block reads of the base, random block and 4 KiB writes
+# of the scratch area. The host turns them into what the disk alone would
+# allow a first-touch pass (report.ts, firstTouchCeiling).
+if [ "${DISK_RATES:-0}" = 1 ]; then
+	log "disk rates at depth 32"
+	fio --eta=never --output-format=json --output="$DMU_OUT/disk-rates.json" \
+		--direct=1 --ioengine=libaio --iodepth=32 --randrepeat=0 --time_based --runtime=1 --size="${REGION_MIB}M" \
+		--name=block-read --stonewall --filename=/dev/mapper/b-linear --offset="${READ_OFF}M" --rw=randread --bs="$BS_BYTES" \
+		--name=block-write --stonewall --filename=/dev/mapper/scratch --rw=randwrite --bs="$BS_BYTES" \
+		--name=small-write --stonewall --filename=/dev/mapper/scratch --rw=randwrite --bs=4k >/dev/null 2>"$DMU_OUT/disk-rates.err"
+fi
 
 for job in $JOBS; do
 	IFS=: read -r name rw bs qd peer <<<"$job"

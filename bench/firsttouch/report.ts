@@ -123,3 +123,57 @@ export function formatPairs(rows: readonly PairRow[], jobs: readonly FirstTouchJ
 	const fmt = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
 	return [fmt(head), ...body.map(fmt)].join('\n');
 }
+
+/**
+ * The emulated disk's own rates at depth 32, IOPS, measured in the same
+ * run over dm-linear: what any copy-on-write target has to work with.
+ */
+export interface DiskRates {
+	/** Random reads of one CoW block. */
+	blockRead: number;
+	/** Random writes of one CoW block. */
+	blockWrite: number;
+	/** Random 4 KiB writes. */
+	smallWrite: number;
+}
+
+/** The disk's rates from the guest's disk-rates.json: fio jobs block-read, block-write and small-write. */
+export function parseDiskRates(fioText: string): DiskRates {
+	return {
+		blockRead: parseFio(fioText, 'randread', 'block-read').iops,
+		blockWrite: parseFio(fioText, 'randwrite', 'block-write').iops,
+		smallWrite: parseFio(fioText, 'randwrite', 'small-write').iops,
+	};
+}
+
+/**
+ * IOPS of one pass of 4 KiB random writes over a never-written region if
+ * the disk were the only bound: every block is read and written once (its
+ * copy), and every 4 KiB write is one more small write but a block's first
+ * when the target merges that into the copy (dmu does, dm-snapshot writes
+ * it after the copy). dm-snapshot's exception-store commits (a few dozen
+ * 4 KiB writes a run) are left out, so its figure is a little high.
+ */
+export function firstTouchCeiling(rates: DiskRates, regionBytes: number, blockBytes: number, mergesFirstWrite: boolean): number {
+	const writes = regionBytes / 4096;
+	const blocks = regionBytes / blockBytes;
+	const small = writes - (mergesFirstWrite ? blocks : 0);
+	return writes / (blocks / rates.blockRead + blocks / rates.blockWrite + small / rates.smallWrite);
+}
+
+/**
+ * Lines after the table for rand-write-qd32: each system's ceiling from
+ * the disk's rates and how much of it the run reached. A ratio can only
+ * move as far as the ceilings let it.
+ */
+export function formatCeiling(rates: DiskRates, row: PairRow, regionBytes: number, blockBytes: number): string {
+	const dscow = firstTouchCeiling(rates, regionBytes, blockBytes, true);
+	const snap = firstTouchCeiling(rates, regionBytes, blockBytes, false);
+	const iops = (x: number) => Math.round(x).toLocaleString('en-US');
+	const pct = (bw: number[], ceiling: number) => `${Math.round((mean(bw) / 4096 / ceiling) * 100)}%`;
+	return (
+		`the disk alone, at depth 32 (${iops(rates.blockRead)} block reads/s, ${iops(rates.blockWrite)} block writes/s, ` +
+		`${iops(rates.smallWrite)} 4 KiB writes/s) would allow ${row.job}: dmu+dscow ${iops(dscow)} IOPS, ` +
+		`dm-snapshot ${iops(snap)} IOPS (${(dscow / snap).toFixed(3)}x); reached ${pct(row.dscowBw, dscow)} and ${pct(row.peerBw, snap)}`
+	);
+}

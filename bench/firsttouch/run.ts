@@ -21,7 +21,18 @@ import { DmuError } from '../../src/errors.js';
 import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm } from '../../test/support/vm.js';
 import { clockOption, pick, positive } from '../options.js';
 import { ensureModule, makeScratchDisk, scratchDir } from '../scratch.js';
-import { FIRST_TOUCH_JOBS, formatPairs, isWrite, type PairRow, pairRow, parseTicks, pool } from './report.js';
+import {
+	type DiskRates,
+	FIRST_TOUCH_JOBS,
+	formatCeiling,
+	formatPairs,
+	isWrite,
+	type PairRow,
+	pairRow,
+	parseDiskRates,
+	parseTicks,
+	pool,
+} from './report.js';
 
 const program = new Command('bench-firsttouch')
 	.description(
@@ -59,6 +70,8 @@ interface Results {
 	kernel: string;
 	options: Opts;
 	rows: PairRow[];
+	/** The disk's own rates at depth 32, when rand-write-qd32 ran. */
+	disk?: DiskRates;
 	status: { dscow: string; snapshot: string };
 	check: string;
 	vmMs: number;
@@ -104,8 +117,10 @@ runMain('bench-firsttouch', async () => {
 	const tmp = scratchDir('dmu-firsttouch-');
 	const disk = path.join(tmp, 'scratch.img');
 	try {
-		// The base, then the two CoW areas.
-		await makeScratchDisk(disk, baseMib, baseMib + 2 * cowMib);
+		// The base, the two CoW areas, and a region the disk-rate runs write.
+		await makeScratchDisk(disk, baseMib, baseMib + 2 * cowMib + o.regionMib);
+		// What the disk alone allows is worked out for random first writes at depth 32.
+		const ceilingJob = jobs.find((j) => j.name === 'rand-write-qd32');
 		const timeoutSec = 300 + jobs.length * (10 + o.repeat * 2 * (o.runtime + 3));
 		process.stdout.write(
 			`bench-firsttouch: ${kernel.kver}, ${jobs.length} jobs x ${o.repeat} pairs, ${o.regionMib} MiB regions, ${o.blockKib} KiB blocks, ` +
@@ -131,6 +146,7 @@ runMain('bench-firsttouch', async () => {
 				RUNTIME: String(o.runtime),
 				REPEAT: String(o.repeat),
 				JOBS: jobs.map((j) => `${j.name}:${j.rw}:${j.bs}:${j.iodepth}:${j.peer}`).join(' '),
+				DISK_RATES: ceilingJob ? '1' : '0',
 			},
 		});
 		if (r.kernelProblems.length > 0) process.stderr.write(`bench-firsttouch: kernel problems:\n${r.kernelProblems.join('\n')}\n`);
@@ -141,10 +157,13 @@ runMain('bench-firsttouch', async () => {
 		const read = (f: string) => fs.readFileSync(path.join(r.outDir, f), 'utf8');
 		const ticks = parseTicks(read('cowd-ticks.txt'));
 		const rows = jobs.map((j) => pairRow(j, read(`fio-${j.name}.json`), o.repeat, ticks.get(j.name) ?? Number.NaN));
+		const diskRates = ceilingJob ? parseDiskRates(read('disk-rates.json')) : undefined;
+		const ceilingRow = rows.find((x) => x.job === ceilingJob?.name);
 		const res: Results = {
 			kernel: kernel.kver,
 			options: o,
 			rows,
+			disk: diskRates,
 			status: { dscow: read('status-dscow.txt').trim(), snapshot: read('status-snapshot.txt').trim() },
 			check: read('check.txt').trim(),
 			vmMs: r.durationMs,
@@ -152,6 +171,7 @@ runMain('bench-firsttouch', async () => {
 		};
 		process.stdout.write(
 			`\n${formatPairs(rows, jobs)}\n\n` +
+				(diskRates && ceilingRow ? `${formatCeiling(diskRates, ceilingRow, o.regionMib * 1048576, o.blockKib * 1024)}\n` : '') +
 				`cowd CPU: over each whole job (dscow's runs only need it; TCG time)\n` +
 				`dmsetup status b-dscow: ${res.status.dscow}\n` +
 				`dmu check of the dscow image afterwards: ${res.check.split('\n').slice(-1)[0]}\n` +

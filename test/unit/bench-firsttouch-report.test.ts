@@ -9,7 +9,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import t from 'tap';
-import { FIRST_TOUCH_JOBS, formatPairs, type PairRow, pairRow, parseTicks, pool, verdict } from '../../bench/firsttouch/report.js';
+import {
+	FIRST_TOUCH_JOBS,
+	firstTouchCeiling,
+	formatCeiling,
+	formatPairs,
+	type PairRow,
+	pairRow,
+	parseDiskRates,
+	parseTicks,
+	pool,
+	verdict,
+} from '../../bench/firsttouch/report.js';
 
 const run = promisify(execFile);
 const seqWrite = FIRST_TOUCH_JOBS.find((j) => j.name === 'seq-write')!;
@@ -85,4 +96,51 @@ t.test('parseTicks reads the guest\'s cowd-ticks.txt', async (t) => {
 		['seq-write', 65],
 		['rand-write-qd1', 219],
 	]);
+});
+
+t.test('firstTouchCeiling: the disk time of one cold pass, merged first writes or not', async (t) => {
+	const rates = { blockRead: 6000, blockWrite: 8000, smallWrite: 12000 };
+	const region = 16 * 1048576;
+	// 4096 writes over 256 blocks: each block read and written once, plus the small writes.
+	const merged = firstTouchCeiling(rates, region, 65536, true);
+	const after = firstTouchCeiling(rates, region, 65536, false);
+	t.ok(Math.abs(merged - 4096 / (256 / 6000 + 256 / 8000 + 3840 / 12000)) < 1e-6, 'merged: 3840 small writes');
+	t.ok(Math.abs(after - 4096 / (256 / 6000 + 256 / 8000 + 4096 / 12000)) < 1e-6, 'copy first: all 4096');
+	t.ok(merged > after, 'merging can only help');
+	// With 4 KiB blocks every write is a first one: merged, it is the copy alone.
+	t.ok(Math.abs(firstTouchCeiling(rates, region, 4096, true) - 1 / (1 / 6000 + 1 / 8000)) < 1e-6);
+	const row = { ...fake('rand-write-qd32', [1]), dscowBw: [merged * 4096 * 0.5], peerBw: [after * 4096 * 0.75] };
+	const line = formatCeiling(rates, row, region, 65536);
+	t.match(line, /dmu\+dscow 10,378 IOPS, dm-snapshot 9,846 IOPS \(1\.054x\)/, 'both ceilings and their ratio');
+	t.match(line, /reached 50% and 75%$/, 'each system against its own ceiling');
+});
+
+t.test('parseDiskRates reads the three jobs the guest names', async (t) => {
+	const dir = await mkdtemp(join(tmpdir(), 'dmu-firsttouch-'));
+	t.teardown(() => rm(dir, { recursive: true, force: true }));
+	const out = join(dir, 'disk-rates.json');
+	const file = join(dir, 'disk');
+	await run('fio', [
+		'--output-format=json',
+		`--output=${out}`,
+		'--ioengine=psync',
+		'--size=1M',
+		`--filename=${file}`,
+		'--name=block-write',
+		'--stonewall',
+		'--rw=randwrite',
+		'--bs=64k',
+		'--name=block-read',
+		'--stonewall',
+		'--rw=randread',
+		'--bs=64k',
+		'--name=small-write',
+		'--stonewall',
+		'--rw=randwrite',
+		'--bs=4k',
+	]);
+	const text = await readFile(out, 'utf8');
+	const r = parseDiskRates(text);
+	t.ok(r.blockRead > 0 && r.blockWrite > 0 && r.smallWrite > 0, 'each rate from its own job and direction');
+	t.throws(() => parseDiskRates(text.replace('"small-write"', '"other"')), /no job small-write/, 'a missing job is an error');
 });

@@ -79,6 +79,11 @@ struct dmu_target {
 	struct dm_kcopyd_client *kcopyd;
 	struct workqueue_struct *wq;
 	struct workqueue_struct *merge_wq;	/* dmu_merge_work(), never blocks */
+	/* Merge buffers kept for reuse (dmu_merge_put()); not under lock. */
+	spinlock_t merge_lock;
+	struct list_head merge_free;
+	unsigned int merge_nr_free;
+	unsigned int merge_max_free;
 	struct work_struct release_work;
 	struct work_struct commit_work;
 	struct delayed_work timeout_work;

@@ -550,11 +550,21 @@ static bool __dmu_cow_start(struct dmu_target *t, struct dmu_mapping *cow,
 }
 
 /*
- * Most sectors a first partial write is merged for (256 KiB): a merge holds
+ * Largest block a first partial write is merged for (256 KiB): a merge holds
  * a block-sized buffer while in flight, and the larger the block the more
  * often its high-order allocation fails (dm-kcopyd then copies instead).
  */
 #define DMU_MERGE_MAX_SECTORS	512
+
+/*
+ * Merge buffers a target keeps for reuse once their merge is done, at most
+ * this many bytes of them. A new buffer is a high-order allocation that
+ * init_on_alloc (on in Debian's kernels) zeroes, in the context of the
+ * process submitting the write: 64 KiB cleared per first write, where
+ * dm-kcopyd reuses the pages it reserved. Enough for the merges a queue
+ * depth of 32 keeps in flight with 64 KiB blocks; freed at suspend.
+ */
+#define DMU_MERGE_CACHE_BYTES	(2U << 20)
 
 /*
  * A first partial write to a COW block (or to a block the daemon answered
@@ -566,6 +576,7 @@ static bool __dmu_cow_start(struct dmu_target *t, struct dmu_mapping *cow,
  */
 struct dmu_merge {
 	struct work_struct work;
+	struct list_head free_node;	/* in t->merge_free, once done */
 	struct dmu_pending *p;
 	struct bio *orig;		/* the write, first of p->bios */
 	struct page *pages;
@@ -622,10 +633,76 @@ static void dmu_merge_copy_in(struct dmu_merge *mg)
 	}
 }
 
+/* A block-sized merge buffer: a kept one if any, else a new one. */
+static struct dmu_merge *dmu_merge_get(struct dmu_target *t)
+{
+	unsigned int bytes = t->block_sectors << SECTOR_SHIFT;
+	struct dmu_merge *mg;
+	unsigned long flags;
+
+	spin_lock_irqsave(&t->merge_lock, flags);
+	mg = list_first_entry_or_null(&t->merge_free, struct dmu_merge,
+				      free_node);
+	if (mg) {
+		list_del(&mg->free_node);
+		t->merge_nr_free--;
+	}
+	spin_unlock_irqrestore(&t->merge_lock, flags);
+	if (mg)
+		return mg;
+
+	mg = kmalloc(struct_size(mg, bvecs, DIV_ROUND_UP(bytes, PAGE_SIZE)),
+		     GFP_NOIO | __GFP_NOWARN);
+	if (!mg)
+		return NULL;
+	mg->order = get_order(bytes);
+	mg->pages = alloc_pages(GFP_NOIO | __GFP_NOWARN | __GFP_NORETRY,
+				mg->order);
+	if (!mg->pages) {
+		kfree(mg);
+		return NULL;
+	}
+	return mg;
+}
+
 static void dmu_merge_free(struct dmu_merge *mg)
 {
 	__free_pages(mg->pages, mg->order);
 	kfree(mg);
+}
+
+/*
+ * Keep @mg for the next merge, or free it if enough are kept. Its pages
+ * are not cleared: a merge reads the whole block over them before use.
+ */
+static void dmu_merge_put(struct dmu_target *t, struct dmu_merge *mg)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&t->merge_lock, flags);
+	if (t->merge_nr_free < t->merge_max_free) {
+		list_add(&mg->free_node, &t->merge_free);
+		t->merge_nr_free++;
+		mg = NULL;
+	}
+	spin_unlock_irqrestore(&t->merge_lock, flags);
+	if (mg)
+		dmu_merge_free(mg);
+}
+
+/* Free the kept merge buffers: no merge is in flight (suspended, dtr). */
+static void dmu_merge_drop_kept(struct dmu_target *t)
+{
+	struct dmu_merge *mg, *next;
+	unsigned long flags;
+	LIST_HEAD(kept);
+
+	spin_lock_irqsave(&t->merge_lock, flags);
+	list_splice_init(&t->merge_free, &kept);
+	t->merge_nr_free = 0;
+	spin_unlock_irqrestore(&t->merge_lock, flags);
+	list_for_each_entry_safe(mg, next, &kept, free_node)
+		dmu_merge_free(mg);
 }
 
 /*
@@ -647,7 +724,7 @@ static void dmu_merge_work(struct work_struct *ws)
 
 	bio_uninit(&mg->bio);
 	if (mg->status) {
-		dmu_merge_free(mg);
+		dmu_merge_put(t, mg);
 		dmu_copy_done(!written, written, p);
 		return;
 	}
@@ -667,7 +744,7 @@ static void dmu_merge_work(struct work_struct *ws)
 			bio_list_add(&rest, bio);
 	p->bios = rest;
 	spin_unlock_irqrestore(&t->lock, flags);
-	dmu_merge_free(mg);
+	dmu_merge_put(t, mg);
 	dmu_copy_done(0, 0, p);
 	bio_endio(orig);
 }
@@ -684,22 +761,15 @@ static bool dmu_merge_start(struct dmu_target *t, struct dmu_pending *p,
 			    struct bio *bio, const struct dm_io_region *from,
 			    const struct dm_io_region *to)
 {
-	unsigned int nr = DIV_ROUND_UP(from->count << SECTOR_SHIFT, PAGE_SIZE);
 	struct dmu_merge *mg;
 
 	if (bio_op(bio) != REQ_OP_WRITE || (bio->bi_opf & REQ_FUA) ||
-	    from->count > DMU_MERGE_MAX_SECTORS)
+	    t->block_sectors > DMU_MERGE_MAX_SECTORS)
 		return false;
-	mg = kmalloc(struct_size(mg, bvecs, nr), GFP_NOIO | __GFP_NOWARN);
+	/* Block-sized: from->count is a block, or less for the last one. */
+	mg = dmu_merge_get(t);
 	if (!mg)
 		return false;
-	mg->order = get_order(from->count << SECTOR_SHIFT);
-	mg->pages = alloc_pages(GFP_NOIO | __GFP_NOWARN | __GFP_NORETRY,
-				mg->order);
-	if (!mg->pages) {
-		kfree(mg);
-		return false;
-	}
 	INIT_WORK(&mg->work, dmu_merge_work);
 	mg->p = p;
 	mg->orig = bio;
@@ -1951,6 +2021,8 @@ static void dmu_postsuspend(struct dm_target *ti)
 	struct dmu_target *t = ti->private;
 
 	flush_workqueue(t->wq);
+	/* Every bio is done, so every merge: an idle disk holds no buffers. */
+	dmu_merge_drop_kept(t);
 }
 
 static void dmu_resume(struct dm_target *ti)
@@ -2092,6 +2164,8 @@ static const char *dmu_parse_block_size(struct dmu_target *t, const char *arg)
 		return "Invalid block size";
 	t->block_sectors = bs;
 	t->block_shift = ilog2(bs);
+	t->merge_max_free = max(1U, DMU_MERGE_CACHE_BYTES /
+				(bs << SECTOR_SHIFT));
 	return NULL;
 }
 
@@ -2214,6 +2288,8 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	t->ti = ti;
 	kref_init(&t->kref);
 	spin_lock_init(&t->lock);
+	spin_lock_init(&t->merge_lock);
+	INIT_LIST_HEAD(&t->merge_free);
 	mutex_init(&t->ctl_mutex);
 	init_waitqueue_head(&t->wait);
 	init_waitqueue_head(&t->copy_wait);
@@ -2376,6 +2452,7 @@ static void dmu_dtr(struct dm_target *ti)
 	cancel_delayed_work_sync(&t->timeout_work);
 	cancel_delayed_work_sync(&t->report_work);
 	destroy_workqueue(t->merge_wq);
+	dmu_merge_drop_kept(t);
 	destroy_workqueue(t->wq);
 	dm_kcopyd_client_destroy(t->kcopyd);
 	dmu_drain(t);

@@ -290,6 +290,17 @@ dd if=/tmp/p of=/dev/mapper/cm bs=4k seek=$((8 * 16 + 7)) oflag=direct,dsync sta
 check "merge: a dsync first write copies its block" eq "$(st cm copies)" 2
 check "merge: ... and a commit covers it" test "$(grep -c '^commit ' $L/cm.log)" -gt "$c0"
 check "merge: ... and reads back as base + write" cmp <(blk /dev/mapper/cm 64k 8) <(dd if=/tmp/expect bs=64k skip=8 count=1 status=none)
+# Merge buffers are kept for the next merges (not cleared) and freed at
+# suspend: blocks merged at once, then others through the kept buffers,
+# then others after a suspend, each hold its own base + write.
+check "merge: seven new blocks at once" eq "$(blocks_at_once /dev/mapper/cm 3 0 1 2 3 4 5 7)" 0
+check "merge: three more through the kept buffers" eq "$(blocks_at_once /dev/mapper/cm 12 9 10 11)" 0
+dmsetup suspend cm
+dmsetup resume cm
+check "merge: four more after a suspend" eq "$(blocks_at_once /dev/mapper/cm 0 12 13 14 15)" 0
+check "merge: ... every block reads back as its base + writes" cmp <(dd if=/dev/mapper/cm bs=1M count=1 iflag=direct status=none) /tmp/expect
+check "merge: ... and the data device holds them" cmp <(dd if=/dev/vda bs=1M count=1 iflag=direct status=none) /tmp/expect
+check "merge: ... one copy per block" eq "$(st cm copies)" 16
 stop_resp
 dmsetup remove cm
 

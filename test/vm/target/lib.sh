@@ -76,6 +76,21 @@ pages_at_once() {
 	for p in $pids; do wait "$p" || failed=$((failed + 1)); done
 	echo $failed
 }
+# blocks_at_once DEV PAGE BLOCK...: write a new random 4 KiB page at page
+# PAGE of each 64 KiB block BLOCK of DEV, all at once, and into
+# /tmp/expect; prints how many of the writes failed.
+blocks_at_once() {
+	local dev=$1 page=$2 b pids="" p failed=0
+	shift 2
+	for b in "$@"; do
+		pattern /tmp/blk$b 4096
+		dd if=/tmp/blk$b of=/tmp/expect bs=4k seek=$((b * 16 + page)) conv=notrunc status=none
+		dd if=/tmp/blk$b of="$dev" bs=4k seek=$((b * 16 + page)) oflag=direct status=none &
+		pids="$pids $!"
+	done
+	for p in $pids; do wait "$p" || failed=$((failed + 1)); done
+	echo $failed
+}
 
 modprobe dm-mod
 insmod "$PWD/kernel/build/$KVER/dmu.ko"

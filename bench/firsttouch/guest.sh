@@ -6,11 +6,12 @@
 #   BASE_MIB COW_MIB        the base image (random data, written by the host) and each CoW area
 #   REGION_MIB              blocks one cold run may touch
 #   BLOCK_SECTORS           CoW block size of both systems (dscow block, dm-snapshot chunk)
-#   RUNTIME REPEAT          cap of one cold run (seconds), pairs per job
-#   JOBS                    "name:rw:bs:iodepth:peer ..."; peer is snapshot or linear
+#   RUNTIME REPEAT          cap of one cold run and length of a warm one (seconds), pairs per job
+#   JOBS                    "name:rw:bs:iodepth:peer:state ..."; peer is snapshot or linear,
+#                           state cold (never-written or forgotten blocks) or warm
 #   DISK_RATES              1: first measure the disk's own rates at depth 32
 # /dev/vda: [0, BASE) base | [BASE, +COW) dscow's image | [+COW, +COW) dm-snapshot's store
-#   | [+COW, +REGION) scratch, written only by the disk-rate runs.
+#   | [+COW, +REGION) scratch, written by the disk-rate runs and (as w-linear) by dm-linear's warm runs.
 # dmu+dscow, dm-snapshot and dm-linear stand over the same base at the same
 # time, so the two runs of a pair see the same moment of the emulated
 # machine; the suite measures one system after the other.
@@ -30,6 +31,8 @@ dmsetup create cow-snap --table "0 $COW_S linear /dev/vda $((BASE_S + COW_S))"
 dmsetup create scratch --table "0 $((REGION_MIB * 2048)) linear /dev/vda $((BASE_S + 2 * COW_S))"
 
 dmsetup create b-linear --table "0 $BASE_S linear /dev/mapper/base 0"
+# dm-linear's warm runs: over scratch, stacked as b-dscow is over its image.
+dmsetup create w-linear --table "0 $((REGION_MIB * 2048)) linear /dev/mapper/scratch 0"
 dmsetup create b-snapshot --table "0 $BASE_S snapshot /dev/mapper/base /dev/mapper/cow-snap P $BLOCK_SECTORS"
 node dist/bin/dscow_tool.mjs -c /dev/mapper/cow-dscow /dev/mapper/base -b "$BS_BYTES" >"$DMU_OUT/dscow-create.txt" 2>&1
 dist/bin/cowd.mjs -p dscow b-dscow /dev/mapper/cow-dscow /dev/mapper/base >"$DMU_OUT/cowd.log" 2>&1 &
@@ -81,8 +84,34 @@ if [ "${DISK_RATES:-0}" = 1 ]; then
 		--name=small-write --stonewall --filename=/dev/mapper/scratch --rw=randwrite --bs=4k >/dev/null 2>"$DMU_OUT/disk-rates.err"
 fi
 
+# untimed_write DEV OFF_MIB: write one region of DEV once, sequentially.
+untimed_write() {
+	fio --name=fill --filename="$1" --rw=write --bs=1M --iodepth=4 --direct=1 --ioengine=libaio \
+		--offset="${2}M" --size="${REGION_MIB}M" --eta=never --output=/dev/null >/dev/null
+}
+
+# Warm jobs share one region: dscow copies it once (the first warm job
+# writes it through b-dscow), and dm-linear's runs go to the scratch
+# area (w-linear), written the same way, not to the base the other two
+# stand on.
+WARM_OFF=
+prepare_warm() {
+	if [ -z "$WARM_OFF" ]; then
+		next_region
+		WARM_OFF=$off
+		log "warm region: written once through dmu+dscow and dm-linear"
+		untimed_write /dev/mapper/b-dscow "$WARM_OFF"
+		untimed_write /dev/mapper/w-linear 0
+	fi
+	# Cold runs make the target forget every mapping: read the region
+	# once, as any use of a disk after an attach would, so each block is
+	# remembered again (allocated blocks are answered writable).
+	fio --name=remap --filename=/dev/mapper/b-dscow --rw=read --bs=1M --iodepth=4 --direct=1 --ioengine=libaio \
+		--offset="${WARM_OFF}M" --size="${REGION_MIB}M" --eta=never --output=/dev/null >/dev/null
+}
+
 for job in $JOBS; do
-	IFS=: read -r name rw bs qd peer <<<"$job"
+	IFS=: read -r name rw bs qd peer state <<<"$job"
 	f=/tmp/$name.fio
 	cat >"$f" <<-EOF
 		[global]
@@ -96,14 +125,25 @@ for job in $JOBS; do
 		randrepeat=0
 		stonewall
 	EOF
+	# A cold run is one pass capped at RUNTIME; a warm one runs for RUNTIME.
+	[ "$state" = warm ] && { echo time_based >>"$f"; prepare_warm; }
 	for rep in $(seq "$REPEAT"); do
-		if [ "$rw" = read ] || [ "$rw" = randread ]; then off=$READ_OFF; else next_region; fi
+		if [ "$state" = warm ]; then
+			off=$WARM_OFF
+		elif [ "$rw" = read ] || [ "$rw" = randread ]; then
+			off=$READ_OFF
+		else
+			next_region
+		fi
 		# Alternate which system runs first, so neither always gets the
 		# fresher moment.
 		if [ $((rep % 2)) -eq 1 ]; then order="dscow $peer"; else order="$peer dscow"; fi
 		for sys in $order; do
-			printf '[%s.%s]\nfilename=/dev/mapper/b-%s\noffset=%sM\n' "$sys" "$rep" "$sys" "$off" >>"$f"
-			[ "$sys" = dscow ] && printf 'exec_prerun=%s\n' "$FORGET" >>"$f"
+			dev=/dev/mapper/b-$sys
+			sys_off=$off
+			[ "$state" = warm ] && [ "$sys" = linear ] && { dev=/dev/mapper/w-linear; sys_off=0; }
+			printf '[%s.%s]\nfilename=%s\noffset=%sM\n' "$sys" "$rep" "$dev" "$sys_off" >>"$f"
+			[ "$sys" = dscow ] && [ "$state" = cold ] && printf 'exec_prerun=%s\n' "$FORGET" >>"$f"
 		done
 	done
 	log "$name: $REPEAT pairs, dmu+dscow and $peer"
@@ -118,6 +158,7 @@ kill -TERM "$CPID"
 wait "$CPID" || true
 dmsetup remove b-snapshot
 dmsetup remove b-linear
+dmsetup remove w-linear
 # A clean image after all of it: the allocations the kernel reported were recorded.
 node dist/bin/dmu.mjs check /dev/mapper/cow-dscow >"$DMU_OUT/check.txt" 2>&1 || log "dmu check: $(tail -1 "$DMU_OUT/check.txt")"
 log done

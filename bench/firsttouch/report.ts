@@ -14,10 +14,16 @@ export interface FirstTouchJob {
 	rw: 'read' | 'write' | 'randread' | 'randwrite';
 	bs: string;
 	iodepth: number;
-	/** What dmu+dscow is measured against: dm-snapshot for first writes, dm-linear for cold reads (issue 4's goals). */
+	/** What dmu+dscow is measured against: dm-snapshot for first writes, dm-linear for cold reads and warm jobs (issue 4's goals). */
 	peer: Peer;
 	/** Issue 4's goal for dscow / peer. */
 	goal: number;
+	/**
+	 * Over blocks dscow has copied and the kernel remembers (one region the
+	 * job's pairs share, written before them), for a fixed time; dm-linear
+	 * runs over a region of the same disk written the same way.
+	 */
+	warm?: true;
 }
 
 export const FIRST_TOUCH_JOBS: readonly FirstTouchJob[] = [
@@ -27,11 +33,27 @@ export const FIRST_TOUCH_JOBS: readonly FirstTouchJob[] = [
 	{ name: 'seq-read', rw: 'read', bs: '1M', iodepth: 4, peer: 'linear', goal: 0.9 },
 	{ name: 'rand-read-qd1', rw: 'randread', bs: '4k', iodepth: 1, peer: 'linear', goal: 0.9 },
 	{ name: 'rand-read-qd32', rw: 'randread', bs: '4k', iodepth: 32, peer: 'linear', goal: 0.9 },
+	{ name: 'warm-seq-write', rw: 'write', bs: '1M', iodepth: 4, peer: 'linear', goal: 0.95, warm: true },
+	{ name: 'warm-rand-write-qd1', rw: 'randwrite', bs: '4k', iodepth: 1, peer: 'linear', goal: 0.95, warm: true },
+	{ name: 'warm-rand-write-qd32', rw: 'randwrite', bs: '4k', iodepth: 32, peer: 'linear', goal: 0.95, warm: true },
+	{ name: 'warm-seq-read', rw: 'read', bs: '1M', iodepth: 4, peer: 'linear', goal: 0.95, warm: true },
+	{ name: 'warm-rand-read-qd1', rw: 'randread', bs: '4k', iodepth: 1, peer: 'linear', goal: 0.95, warm: true },
+	{ name: 'warm-rand-read-qd32', rw: 'randread', bs: '4k', iodepth: 32, peer: 'linear', goal: 0.95, warm: true },
 ];
 
 export const PEER_LABEL: Record<Peer, string> = { snapshot: 'dm-snapshot', linear: 'dm-linear' };
 
 export const isWrite = (j: FirstTouchJob) => j.rw === 'write' || j.rw === 'randwrite';
+
+/**
+ * Regions of the base one run needs, in order: a warm-up write, the region
+ * every cold read pair shares, one per cold write pair, and the one every
+ * warm job shares.
+ */
+export function regionsNeeded(jobs: readonly FirstTouchJob[], repeat: number): number {
+	const coldWrites = jobs.filter((j) => !j.warm && isWrite(j)).length;
+	return 2 + coldWrites * repeat + (jobs.some((j) => j.warm) ? 1 : 0);
+}
 
 export interface PairRow {
 	job: string;

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /**
  * Issue-4 benchmark, first touch: dmu+dscow against dm-snapshot on first
- * writes and against dm-linear on cold reads, all three live over the same
- * base in one VM run, measured as pairs of runs that alternate their order.
+ * writes and against dm-linear on cold reads and on warm reads and writes
+ * (blocks already copied), all three live over the same base in one VM
+ * run, measured as pairs of runs that alternate their order.
  * bench/suite runs one system after the other, and its cold runs of 16 MiB
  * last 30-100 ms: a host hiccup moved one system's median by 10x. Pairs
  * put both runs of a comparison at the same moment of the emulated
@@ -26,23 +27,23 @@ import {
 	FIRST_TOUCH_JOBS,
 	formatCeiling,
 	formatPairs,
-	isWrite,
 	type PairRow,
 	pairRow,
 	parseDiskRates,
 	parseTicks,
 	pool,
+	regionsNeeded,
 } from './report.js';
 
 const program = new Command('bench-firsttouch')
 	.description(
-		'dmu+dscow first writes against dm-snapshot and cold reads against dm-linear: the three over one base in one VM, ' +
-			'pairs of cold runs in alternating order, the mean ratio with its 95% interval',
+		'dmu+dscow first writes against dm-snapshot, cold reads and warm (already copied) reads and writes against dm-linear: ' +
+			'all over one base in one VM, pairs of runs in alternating order, the mean ratio with its 95% interval',
 	)
 	.option('--kernel <series>', 'guest kernel series: 6.1 or 6.12', '6.12')
 	.option('--region-mib <n>', 'never-written area of one cold write run, MiB', positive('--region-mib'), 16)
 	.option('--block-kib <n>', 'CoW block of both systems (dscow block, dm-snapshot chunk), KiB', positive('--block-kib'), 64)
-	.option('--runtime <s>', 'cap of one cold run, seconds (random writes reach it)', positive('--runtime'), 2)
+	.option('--runtime <s>', 'cap of one cold run (random writes reach it) and length of one warm run, seconds', positive('--runtime'), 2)
 	.option('--repeat <n>', 'pairs of runs per job; the order alternates', positive('--repeat'), 10)
 	.option('--cpus <n>', 'guest CPUs', positive('--cpus'), 2)
 	.addOption(clockOption())
@@ -110,8 +111,7 @@ runMain('bench-firsttouch', async () => {
 		if (!fs.existsSync(path.join(REPO_ROOT, f))) throw new DmuError('DMU_ERR_BENCH_BUILD', `${f} is missing: run npm run build`);
 	}
 
-	// Regions: a warm-up write, the read region every read pair shares, and one per write pair.
-	const baseMib = (2 + jobs.filter(isWrite).length * o.repeat) * o.regionMib;
+	const baseMib = regionsNeeded(jobs, o.repeat) * o.regionMib;
 	// dscow on a device wants room for every block of the base, plus its header and bitmaps.
 	const cowMib = baseMib + 64;
 	const tmp = scratchDir('dmu-firsttouch-');
@@ -145,7 +145,7 @@ runMain('bench-firsttouch', async () => {
 				BLOCK_SECTORS: String(blockSectors),
 				RUNTIME: String(o.runtime),
 				REPEAT: String(o.repeat),
-				JOBS: jobs.map((j) => `${j.name}:${j.rw}:${j.bs}:${j.iodepth}:${j.peer}`).join(' '),
+				JOBS: jobs.map((j) => `${j.name}:${j.rw}:${j.bs}:${j.iodepth}:${j.peer}:${j.warm ? 'warm' : 'cold'}`).join(' '),
 				DISK_RATES: ceilingJob ? '1' : '0',
 			},
 		});

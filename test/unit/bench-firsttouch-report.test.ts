@@ -19,6 +19,7 @@ import {
 	parseDiskRates,
 	parseTicks,
 	pool,
+	regionsNeeded,
 	verdict,
 } from '../../bench/firsttouch/report.js';
 
@@ -89,6 +90,29 @@ t.test('the table shows each job with its peer, interval and pairs', async (t) =
 	const table = formatPairs([r!]);
 	t.match(table, /^job\s+vs\s+dmu\+dscow\s+peer/);
 	t.match(table, /rand-write-qd32\s+dm-snapshot\s+0 IOPS\s+0 IOPS\s+2\s+1\.000 ± 1\.271\s+>= 1\s+UNDECIDED\s+2\.50 s\s+0\.90 1\.10$/m);
+});
+
+t.test('regionsNeeded: a fresh region per cold write pair, one for every warm job', async (t) => {
+	const jobs = (...names: string[]) => FIRST_TOUCH_JOBS.filter((j) => names.includes(j.name));
+	t.equal(regionsNeeded(jobs('seq-read', 'rand-read-qd1'), 10), 2, 'cold reads share the read region');
+	t.equal(regionsNeeded(jobs('seq-write', 'rand-write-qd32'), 10), 22, 'cold writes: one region per pair');
+	t.equal(regionsNeeded(jobs('warm-seq-write', 'warm-rand-write-qd32', 'warm-seq-read'), 10), 3, 'warm jobs: one shared region');
+	t.equal(regionsNeeded(FIRST_TOUCH_JOBS, 20), 2 + 3 * 20 + 1, 'all jobs');
+});
+
+t.test('warm jobs: every shape of the cold ones, against dm-linear, goal 0.95', async (t) => {
+	const warm = FIRST_TOUCH_JOBS.filter((j) => j.warm);
+	const cold = FIRST_TOUCH_JOBS.filter((j) => !j.warm);
+	t.same(
+		warm.map((j) => j.name),
+		cold.map((j) => `warm-${j.name}`),
+		'one warm job per cold shape',
+	);
+	for (const j of warm) {
+		const c = cold.find((x) => `warm-${x.name}` === j.name)!;
+		t.same([j.rw, j.bs, j.iodepth], [c.rw, c.bs, c.iodepth], `${j.name}: the cold job's shape`);
+		t.same([j.peer, j.goal], ['linear', 0.95], `${j.name}: issue 4's warm goal`);
+	}
 });
 
 t.test('parseTicks reads the guest\'s cowd-ticks.txt', async (t) => {

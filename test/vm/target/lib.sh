@@ -61,35 +61,36 @@ stop_resp() {
 # Block-sized pattern files.
 pattern() { head -c "$2" /dev/urandom >"$1"; }
 blk() { dd if="$1" bs="$2" skip="$3" count=1 iflag=direct status=none; }
-# pages_at_once DEV BLOCK PAGE...: write a new random 4 KiB page at each
-# PAGE of 64 KiB block BLOCK of DEV, all at once, and into /tmp/expect;
-# prints how many of the writes failed.
-pages_at_once() {
-	local dev=$1 block=$2 i pids="" p failed=0
-	shift 2
-	for i in "$@"; do
-		pattern /tmp/page$i 4096
-		dd if=/tmp/page$i of=/tmp/expect bs=4k seek=$((block * 16 + i)) conv=notrunc status=none
-		dd if=/tmp/page$i of="$dev" bs=4k seek=$((block * 16 + i)) oflag=direct status=none &
+# writes_at_once DEV PAGE...: write a new random 4 KiB page at each page
+# number PAGE of DEV, all at once, and into /tmp/expect; prints how many
+# of the writes failed.
+writes_at_once() {
+	local dev=$1 n pids="" p failed=0
+	shift
+	for n in "$@"; do
+		pattern /tmp/page$n 4096
+		dd if=/tmp/page$n of=/tmp/expect bs=4k seek="$n" conv=notrunc status=none
+		dd if=/tmp/page$n of="$dev" bs=4k seek="$n" oflag=direct status=none &
 		pids="$pids $!"
 	done
 	for p in $pids; do wait "$p" || failed=$((failed + 1)); done
 	echo $failed
 }
-# blocks_at_once DEV PAGE BLOCK...: write a new random 4 KiB page at page
-# PAGE of each 64 KiB block BLOCK of DEV, all at once, and into
-# /tmp/expect; prints how many of the writes failed.
-blocks_at_once() {
-	local dev=$1 page=$2 b pids="" p failed=0
+# pages_at_once DEV BLOCK PAGE...: writes_at_once at each PAGE of 64 KiB
+# block BLOCK.
+pages_at_once() {
+	local dev=$1 block=$2 i pages=""
 	shift 2
-	for b in "$@"; do
-		pattern /tmp/blk$b 4096
-		dd if=/tmp/blk$b of=/tmp/expect bs=4k seek=$((b * 16 + page)) conv=notrunc status=none
-		dd if=/tmp/blk$b of="$dev" bs=4k seek=$((b * 16 + page)) oflag=direct status=none &
-		pids="$pids $!"
-	done
-	for p in $pids; do wait "$p" || failed=$((failed + 1)); done
-	echo $failed
+	for i in "$@"; do pages="$pages $((block * 16 + i))"; done
+	writes_at_once "$dev" $pages	# unquoted: one page number per word
+}
+# blocks_at_once DEV PAGE BLOCK...: writes_at_once at page PAGE of each
+# 64 KiB block BLOCK.
+blocks_at_once() {
+	local dev=$1 page=$2 b pages=""
+	shift 2
+	for b in "$@"; do pages="$pages $((b * 16 + page))"; done
+	writes_at_once "$dev" $pages	# unquoted: one page number per word
 }
 
 modprobe dm-mod

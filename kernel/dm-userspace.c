@@ -286,6 +286,18 @@ static struct dmu_pending *__dmu_pending_floor(struct dmu_target *t, u64 block)
 	return best;
 }
 
+/* First block >= @block that has a mapping or a request in flight. Lock held. */
+static u64 __dmu_next_busy(struct dmu_target *t, u64 block)
+{
+	struct dmu_mapping *m = __dmu_mapping_ceil(t, block);
+	struct dmu_pending *p = t->nr_pending ? __dmu_pending_ceil(t, block) : NULL;
+	u64 next = m ? m->block : U64_MAX;
+
+	if (p && p->block < next)
+		next = p->block;
+	return next;
+}
+
 static void __dmu_pending_insert(struct dmu_target *t, struct dmu_pending *new)
 {
 	struct rb_node **p = &t->pending.rb_node, *parent = NULL;
@@ -815,6 +827,35 @@ static bool __dmu_ride(struct dmu_target *t, struct bio *bio, u64 block)
 	return true;
 }
 
+/*
+ * The block a cold read asks for: the first of its aligned window of
+ * ride_span blocks (rounded down to a power of two) when nothing in the
+ * window before it is remembered or asked for. The answer's run only
+ * reaches forward, so random first reads would otherwise ask once for
+ * each new lowest block of a region (about six times in 256 blocks) and
+ * wait meanwhile; asked for its start, one answer maps the window. The
+ * read rides on that request (DMU_PB_RODE): where the run stops short of
+ * it (allocated and unallocated blocks mixed) it asks for itself and the
+ * span halves, as after any ride. Writes ask for their own block: in a
+ * format without copy-on-write answers, a read's answer would leave the
+ * write a second round trip. Lock held.
+ */
+static u64 __dmu_window(struct dmu_target *t, u64 block)
+{
+	u64 start;
+
+	if (t->ride_span <= 1)
+		return block;
+	start = block & ~((u64)rounddown_pow_of_two(t->ride_span) - 1);
+	if (start == block || __dmu_next_busy(t, start) < block)
+		return block;
+	/* A run never evicts: it must have room to reach @block. */
+	if (t->nr_mapped + 1 >= t->max_mappings ||
+	    block - start > t->max_mappings - t->nr_mapped - 1)
+		return block;
+	return start;
+}
+
 /* Is @bio waiting on @p's request for another block (see __dmu_ride())? */
 static bool dmu_is_rider(struct dmu_target *t, struct dmu_pending *p,
 			 struct bio *bio)
@@ -856,7 +897,7 @@ static int dmu_route(struct dmu_target *t, struct bio *bio, bool released)
 	struct dmu_pending *p, *newp = NULL;
 	struct dmu_mapping *m, *newm = NULL;
 	struct dm_io_region from, to;
-	bool cow_nomem = false, copy;
+	bool cow_nomem = false, copy, rode;
 	unsigned long flags;
 	unsigned int dev;
 	sector_t sector;
@@ -976,7 +1017,8 @@ again:
 		goto again;
 	}
 
-	if (pb->flags & DMU_PB_RODE) {
+	rode = pb->flags & DMU_PB_RODE;
+	if (rode) {
 		/*
 		 * The answer it waited for did not cover it: the daemon's runs
 		 * are shorter here (allocated and unallocated blocks mixed),
@@ -988,7 +1030,10 @@ again:
 	p = newp;
 	newp = NULL;
 	p->t = t;
-	p->block = block;
+	/* After a ride that fell short, a read asks for its own block. */
+	p->block = write || rode ? block : __dmu_window(t, block);
+	if (p->block != block)
+		pb->flags |= DMU_PB_RODE;
 	bio_list_init(&p->bios);
 	bio_list_add(&p->bios, bio);
 	if (write) {
@@ -1000,7 +1045,7 @@ again:
 	p->out.msg.type = DMU_MSG_MAP;
 	p->out.msg.flags = req;
 	p->out.msg.id = ++t->next_id;
-	p->out.msg.map.block = block;
+	p->out.msg.map.block = p->block;
 	__dmu_pending_insert(t, p);
 	t->misses++;
 	__dmu_queue_out(t, &p->out, false);
@@ -1323,18 +1368,6 @@ static bool dmu_fits(struct dmu_target *t, u32 dev, u64 sector, sector_t len)
 		return false;
 	size = bdev_nr_sectors(t->devs[dev]->bdev);
 	return sector <= size && size - sector >= len;
-}
-
-/* First block >= @block that has a mapping or a request in flight. Lock held. */
-static u64 __dmu_next_busy(struct dmu_target *t, u64 block)
-{
-	struct dmu_mapping *m = __dmu_mapping_ceil(t, block);
-	struct dmu_pending *p = t->nr_pending ? __dmu_pending_ceil(t, block) : NULL;
-	u64 next = m ? m->block : U64_MAX;
-
-	if (p && p->block < next)
-		next = p->block;
-	return next;
 }
 
 /*

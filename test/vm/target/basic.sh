@@ -419,15 +419,32 @@ M=$(st rn misses)
 check "run: a cold 1 MiB read sends one request" eq "$M" 3
 dd if=/dev/mapper/rn of=/dev/null bs=4k skip=4352 count=256 iflag=direct status=none
 check "run: the last answer of a sequential read maps ahead" eq "$(st rn misses)" "$M"
+# A cold read asks for the start of its aligned window (1024 blocks, the
+# longest run seen) and rides on that request: one answer maps the blocks
+# before it too. A cold write asks for its own block.
+dd if=/tmp/rn of=/dev/vda bs=4k seek=$((8192 + 700)) conv=notrunc oflag=direct status=none
+M=$(st rn misses)
+m=$(st rn mapped)
+check "window: a cold read in a window's middle reads its block" cmp <(blk /dev/mapper/rn 4k $((8192 + 700))) /tmp/rn
+check "window: ... after one request" eq $(($(st rn misses) - M)) 1
+check "window: ... whose answer maps the whole window" eq $(($(st rn mapped) - m)) 1024
+check "window: ... asked for the window's first block" grep -qE "^map [0-9]+ 8192 " $L/rn.log
+blk /dev/mapper/rn 4k 8192 >/dev/null
+check "window: its first block is then served without the daemon" eq $(($(st rn misses) - M)) 1
+dd if=/tmp/rn of=/dev/mapper/rn bs=4k seek=$((12288 + 700)) oflag=direct status=none
+check "window: a cold write asks for its own block" grep -qE "^map [0-9]+ $((12288 + 700)) " $L/rn.log
+blk /dev/mapper/rn 4k 12288 >/dev/null
+check "window: ... so the blocks before it still ask" eq $(($(st rn misses) - M)) 3
 stop_resp
 dmsetup remove rn
 # A run keeps what is already there: 5003.. were mapped writable by the
-# write's own run; the read's run from 4990 stops before 5003.
+# write's own run; the read asks for its window from 4096, whose run stops
+# before 5003.
 dmsetup create rk --table "0 $SZ userspace rk 8 /dev/vda"
 start_resp rk $L/rk.log -m ro -R 1024
 dd if=/tmp/rn of=/dev/mapper/rk bs=4k seek=5003 oflag=direct status=none
 blk /dev/mapper/rk 4k 4990 >/dev/null
-check "run: stops at a mapped block" eq "$(st rk mapped)" $((1024 + 13))
+check "run: stops at a mapped block" eq "$(st rk mapped)" $((1024 + 5003 - 4096))
 dd if=/tmp/rn of=/dev/mapper/rk bs=4k seek=5003 oflag=direct status=none
 check "run: the mapped block kept its writable mapping" eq "$(st rk misses)" 2
 dd if=/tmp/rn of=/dev/mapper/rk bs=4k seek=4995 oflag=direct status=none
@@ -435,8 +452,9 @@ check "run: the read's run is read-only" eq "$(st rk misses)" 3
 stop_resp
 dmsetup remove rk
 # Riding outlives a short answer. In cow mode the responder cuts a run at
-# the first allocated block, so the block before one is answered alone;
-# a cold 1 MiB read after that still sends one request, not one a block.
+# the first allocated block, so a cold read of block 11 (its window's
+# request from block 0) maps 0-11 only; a cold 1 MiB read after that
+# still sends one request, not one a block.
 dmsetup create rs --table "0 $SZ userspace rs $BS /dev/vda /dev/vdb"
 start_resp rs $L/rs.log -m cow=1 -R 64
 dd if=/tmp/w of=/dev/mapper/rs bs=64k seek=12 oflag=direct status=none
@@ -444,12 +462,13 @@ wait_for grep -qE '^allocated [0-9]+ 12 ' $L/rs.log
 dmsetup message rs 0 invalidate 0 $((SZ / BS))
 m=$(st rs mapped)
 blk /dev/mapper/rs 64k 11 >/dev/null
-check "ride: the block before an allocated one is answered alone" eq $(($(st rs mapped) - m)) 1
+check "ride: a run stops before an allocated block" eq $(($(st rs mapped) - m)) 12
 M=$(st rs misses)
 dd if=/dev/mapper/rs of=/dev/null bs=1M skip=2 count=1 iflag=direct status=none
 check "ride: a cold 1 MiB read after it sends one request" eq $(($(st rs misses) - M)) 1
 # Where allocated and unallocated blocks alternate, every answer covers
-# one block: the blocks that waited on a neighbour ask for themselves.
+# one block: the blocks that waited on a neighbour (the first, on its
+# window's request, whose run stops at block 12) ask for themselves.
 for b in 50 52 54 56; do dd if=/tmp/w of=/dev/mapper/rs bs=64k seek=$b oflag=direct status=none; done
 wait_for grep -qE '^allocated [0-9]+ 56 ' $L/rs.log
 dmsetup message rs 0 invalidate 0 $((SZ / BS))
@@ -459,7 +478,7 @@ for b in 50 51 52 53 54 55 56 57; do
 done
 M=$(st rs misses)
 check "ride: alternating blocks read back in one 512 KiB read" cmp <(dd if=/dev/mapper/rs bs=512k count=1 skip=$((50 * 65536)) iflag=direct,skip_bytes status=none) /tmp/rsx
-check "ride: ... after a request for each block" eq $(($(st rs misses) - M)) 8
+check "ride: ... after the window's request and one for each block" eq $(($(st rs misses) - M)) 9
 stop_resp
 dmsetup remove rs
 # A run never evicts: it stops where the table is full.

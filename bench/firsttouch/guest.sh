@@ -11,7 +11,7 @@
 #                           state cold (never-written or forgotten blocks) or warm
 #   DISK_RATES              1: first measure the disk's own rates at depth 32
 # /dev/vda: [0, BASE) base | [BASE, +COW) dscow's image | [+COW, +COW) dm-snapshot's store
-#   | [+COW, +REGION) scratch, written by the disk-rate runs and (as w-linear) by dm-linear's warm runs.
+#   | [+COW, +REGION) scratch, written by the disk-rate runs.
 # dmu+dscow, dm-snapshot and dm-linear stand over the same base at the same
 # time, so the two runs of a pair see the same moment of the emulated
 # machine; the suite measures one system after the other.
@@ -31,10 +31,10 @@ dmsetup create cow-snap --table "0 $COW_S linear /dev/vda $((BASE_S + COW_S))"
 dmsetup create scratch --table "0 $((REGION_MIB * 2048)) linear /dev/vda $((BASE_S + 2 * COW_S))"
 
 dmsetup create b-linear --table "0 $BASE_S linear /dev/mapper/base 0"
-# dm-linear's warm runs: over scratch, stacked as b-dscow is over its image.
-dmsetup create w-linear --table "0 $((REGION_MIB * 2048)) linear /dev/mapper/scratch 0"
 dmsetup create b-snapshot --table "0 $BASE_S snapshot /dev/mapper/base /dev/mapper/cow-snap P $BLOCK_SECTORS"
 node dist/bin/dscow_tool.mjs -c /dev/mapper/cow-dscow /dev/mapper/base -b "$BS_BYTES" >"$DMU_OUT/dscow-create.txt" 2>&1
+# dscow keeps block N at first_block + N * block size of its image.
+FIRST_S=$(($(awk '$1 == "First" { print $3 }' "$DMU_OUT/dscow-create.txt") / 512))
 dist/bin/cowd.mjs -p dscow b-dscow /dev/mapper/cow-dscow /dev/mapper/base >"$DMU_OUT/cowd.log" 2>&1 &
 CPID=$!
 for _ in $(seq 600); do
@@ -91,17 +91,21 @@ untimed_write() {
 }
 
 # Warm jobs share one region: dscow copies it once (the first warm job
-# writes it through b-dscow), and dm-linear's runs go to the scratch
-# area (w-linear), written the same way, not to the base the other two
-# stand on.
+# writes it through b-dscow). dm-linear's runs (w-linear) go to the very
+# sectors of the image that hold those blocks, stacked as b-dscow is over
+# the image: the two differ in the target alone, not in where the data
+# lies. The base the other two stand on is not written.
 WARM_OFF=
 prepare_warm() {
 	if [ -z "$WARM_OFF" ]; then
 		next_region
 		WARM_OFF=$off
-		log "warm region: written once through dmu+dscow and dm-linear"
+		log "warm region: written once through dmu+dscow"
 		untimed_write /dev/mapper/b-dscow "$WARM_OFF"
-		untimed_write /dev/mapper/w-linear 0
+		dmsetup create w-linear --table "0 $((REGION_MIB * 2048)) linear /dev/mapper/cow-dscow $((FIRST_S + WARM_OFF * 2048))"
+		cmp -s <(dd if=/dev/mapper/w-linear bs=1M count=1 iflag=direct status=none) \
+			<(dd if=/dev/mapper/b-dscow bs=1M skip="$WARM_OFF" count=1 iflag=direct status=none) ||
+			{ log "w-linear does not hold dscow's warm blocks"; exit 1; }
 	fi
 	# Cold runs make the target forget every mapping: read the region
 	# once, as any use of a disk after an attach would, so each block is
@@ -158,7 +162,7 @@ kill -TERM "$CPID"
 wait "$CPID" || true
 dmsetup remove b-snapshot
 dmsetup remove b-linear
-dmsetup remove w-linear
+[ -z "$WARM_OFF" ] || dmsetup remove w-linear
 # A clean image after all of it: the allocations the kernel reported were recorded.
 node dist/bin/dmu.mjs check /dev/mapper/cow-dscow >"$DMU_OUT/check.txt" 2>&1 || log "dmu check: $(tail -1 "$DMU_OUT/check.txt")"
 log done

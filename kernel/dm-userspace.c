@@ -795,6 +795,17 @@ static bool dmu_merge_start(struct dmu_target *t, struct dmu_pending *p,
 }
 
 /*
+ * Could the answer to a request for @from reach @block with its run? A
+ * run never evicts: past the room left in the table, it stops short.
+ * Lock held.
+ */
+static bool __dmu_run_may_reach(struct dmu_target *t, u64 from, u64 block)
+{
+	return block - from < t->max_mappings - min(t->nr_mapped,
+						    t->max_mappings);
+}
+
+/*
  * A bio for @block, which has no mapping and no request of its own: let
  * it wait on the request in flight for a block shortly before it, when
  * the daemon's answers cover runs that long. A sequential first read or
@@ -815,12 +826,8 @@ static bool __dmu_ride(struct dmu_target *t, struct bio *bio, u64 block)
 	p = __dmu_pending_floor(t, block);
 	if (!p || p->copying || p->kalloc || block - p->block >= t->ride_span)
 		return false;
-	/*
-	 * A run never evicts: past the room left, the answer cannot cover
-	 * the rider, which would then ask after it rather than alongside.
-	 */
-	if (block - p->block >= t->max_mappings - min(t->nr_mapped,
-						       t->max_mappings))
+	/* Else the rider would ask after the answer rather than alongside. */
+	if (!__dmu_run_may_reach(t, p->block, block))
 		return false;
 	dmu_pb(bio)->flags |= DMU_PB_RODE;
 	bio_list_add(&p->bios, bio);
@@ -847,11 +854,8 @@ static u64 __dmu_window(struct dmu_target *t, u64 block)
 	if (t->ride_span <= 1)
 		return block;
 	start = block & ~((u64)rounddown_pow_of_two(t->ride_span) - 1);
-	if (start == block || __dmu_next_busy(t, start) < block)
-		return block;
-	/* A run never evicts: it must have room to reach @block. */
-	if (t->nr_mapped + 1 >= t->max_mappings ||
-	    block - start > t->max_mappings - t->nr_mapped - 1)
+	if (start == block || __dmu_next_busy(t, start) < block ||
+	    !__dmu_run_may_reach(t, start, block))
 		return block;
 	return start;
 }

@@ -117,9 +117,9 @@ prepare_warm() {
 # settle: let the work a job leaves behind finish before the next starts.
 # A first-write job ends with cowd recording its last allocations and
 # dm-snapshot committing exceptions, and the host still writing back what
-# the guest wrote; the first run of the next job paid for it (every cold
-# sequential read job's first pair, dscow first, came out at 0.09-0.69).
-# A flush makes both systems commit; the pause is for the host.
+# the guest wrote. A flush makes both systems commit; the pause is for the
+# host. (It did not cure the slow first run of the cold sequential reads,
+# whichever system goes first: see README.md.)
 settle() {
 	sync /dev/mapper/b-dscow /dev/mapper/b-snapshot
 	sleep 2

@@ -130,9 +130,14 @@ struct dmu_inval {
 };
 
 /*
- * Most blocks one bio may span (the target's max_io_len): a bio over a
- * contiguous run of remembered blocks is remapped whole, like dm-linear,
- * and holds a reference on each mapping of the run.
+ * Most blocks one clone may span: a bio over a contiguous run of
+ * remembered blocks is remapped whole, like dm-linear, and holds a
+ * reference on each mapping of the run. map cuts a longer bio itself
+ * (dm_accept_partial_bio()) rather than through ti->max_io_len: with a
+ * max_io_len, dm core also caps every clone at the queue's max_sectors,
+ * so a 1 MiB read over a disk of 127 KiB requests became nine clones,
+ * each mapped, where dm-linear passes one and lets the disk's queue split
+ * it (the bio cost 14% more than dm-linear's over null_blk, 2% after).
  */
 #define DMU_BIO_BLOCKS_MAX 32
 
@@ -1132,6 +1137,12 @@ static int dmu_map_span(struct dmu_target *t, struct bio *bio)
 	bool whole;
 
 	if (nr > 1) {
+		/* Cut at most once more below: dm core re-maps the rest. */
+		if (nr > DMU_BIO_BLOCKS_MAX) {
+			nr = DMU_BIO_BLOCKS_MAX;
+			dm_accept_partial_bio(bio, ((sector_t)nr << t->block_shift) -
+						   in_block);
+		}
 		spin_lock_irqsave(&t->lock, flags);
 		whole = __dmu_remap_run(t, bio, first, nr);
 		spin_unlock_irqrestore(&t->lock, flags);
@@ -2367,13 +2378,6 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	r = dmu_get_devices(t, &as, &ti->error);
 	if (r)
 		goto bad_free;
-
-	r = dm_set_target_max_io_len(ti, (sector_t)t->block_sectors *
-					      DMU_BIO_BLOCKS_MAX);
-	if (r) {
-		ti->error = "Cannot set the max I/O length";
-		goto bad_put_devices;
-	}
 
 	t->kcopyd = dm_kcopyd_client_create(NULL);
 	if (IS_ERR(t->kcopyd)) {

@@ -97,8 +97,9 @@ stop_resp
 dmsetup remove sw
 
 # --- bios over several blocks: remapped whole, or cut per block ------
-# (4 KiB blocks; the target's max I/O is 32 blocks, so a 1 MiB bio
-# reaches map as 128 KiB pieces.)
+# (4 KiB blocks: map remaps at most 32 blocks of a bio and cuts the
+# rest off for dm core to map again, so a 1 MiB bio goes as 128 KiB
+# pieces.)
 dmsetup create mb --table "0 $SZ userspace mb 8 /dev/vda"
 start_resp mb $L/mb.log
 pattern /tmp/m1 1048576

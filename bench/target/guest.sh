@@ -7,7 +7,11 @@
 #   RUNTIME RAMP REPEAT IODEPTH  fio settings
 #   JOBS                         "name:rw:bs ..." e.g. "seq-read:read:1M"
 #   DMU_KO                       the module to load (host path, seen via 9p)
-# /dev/vda is the backing device both targets map.
+#   DISK                         virtio (default): /dev/vda, the VM's disk;
+#                                null: a null_blk device (no data, completes
+#                                in the submitter's context), so a bio costs
+#                                CPU alone and the two targets' own costs show
+# The backing device is the one both targets map.
 set -euo pipefail
 
 log() { echo "bench: $*"; }
@@ -16,10 +20,15 @@ RLOG=/tmp/responder.jsonl
 
 modprobe dm-mod
 insmod "${DMU_KO:-kernel/build/$KVER/dmu.ko}"
-dmsetup create bench-lin --table "0 $SECTORS linear /dev/vda 0"
-dmsetup create bench-dmu --table "0 $SECTORS userspace bench $BLOCK_SECTORS /dev/vda"
+DEV=/dev/vda
+if [ "${DISK:-virtio}" = null ]; then
+	modprobe null_blk nr_devices=1 gb=$(((SIZE_MIB + 1023) / 1024)) irqmode=0 memory_backed=0
+	DEV=/dev/nullb0
+fi
+dmsetup create bench-lin --table "0 $SECTORS linear $DEV 0"
+dmsetup create bench-dmu --table "0 $SECTORS userspace bench $BLOCK_SECTORS $DEV"
 
-# The identity responder: every block maps to the same place on /dev/vda,
+# The identity responder: every block maps to the same place on $DEV,
 # writable, so after one miss per block every bio takes the hit path.
 node dist/test/support/responder-cli.js --device /dev/dmu/bench \
 	--log "$RLOG" --ready /tmp/responder.ready 2>"$DMU_OUT/responder.stderr" &

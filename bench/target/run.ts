@@ -28,6 +28,7 @@ const program = new Command('bench-target')
 	.option('--repeat <n>', 'pairs of runs (dm-linear, dmu) per job; the order alternates', positive('--repeat'), 10)
 	.option('--iodepth <n>', 'fio libaio queue depth', positive('--iodepth'), 16)
 	.option('--cpus <n>', 'guest CPUs', positive('--cpus'), 2)
+	.option('--disk <kind>', 'backing device: virtio (the VM disk) or null (null_blk: no data, a bio costs CPU alone)', 'virtio')
 	.addOption(clockOption())
 	.option('--jobs <names>', `comma-separated subset of: ${JOBS.map((j) => j.name).join(',')}`)
 	.option('--build', 'run make -C kernel KVER=... first (default: only when dmu.ko is missing)')
@@ -45,6 +46,7 @@ interface Opts {
 	repeat: number;
 	iodepth: number;
 	cpus: number;
+	disk: string;
 	clock: GuestClock;
 	jobs?: string;
 	build?: boolean;
@@ -56,6 +58,7 @@ runMain('bench-target', async () => {
 	program.parse(process.argv);
 	const o = program.opts<Opts>();
 	if (o.kernel !== '6.1' && o.kernel !== '6.12') throw new DmuError('DMU_ERR_BENCH_ARGS', '--kernel must be 6.1 or 6.12');
+	if (o.disk !== 'virtio' && o.disk !== 'null') throw new DmuError('DMU_ERR_BENCH_ARGS', '--disk must be virtio or null');
 	const blockSectors = o.blockKib * 2;
 	if ((blockSectors & (blockSectors - 1)) !== 0 || blockSectors > 16384) {
 		throw new DmuError('DMU_ERR_BENCH_ARGS', '--block-kib must be a power of two from 1 to 8192');
@@ -73,7 +76,7 @@ runMain('bench-target', async () => {
 	const perRun = o.runtime + o.ramp + 2; // + job start-up under TCG
 	const timeoutSec = 300 + jobs.length * (10 + o.repeat * 2 * perRun);
 	process.stdout.write(
-		`bench-target: ${kernel.kver}, ${o.sizeMib} MiB, ${o.blockKib} KiB blocks, ${o.cpus} CPUs, clock ${o.clock}, ${jobs.length} jobs x ${o.repeat} x 2 devices x ${o.runtime} s; ` +
+		`bench-target: ${kernel.kver}, ${o.sizeMib} MiB, ${o.blockKib} KiB blocks, ${o.cpus} CPUs, ${o.disk} disk, clock ${o.clock}, ${jobs.length} jobs x ${o.repeat} x 2 devices x ${o.runtime} s; ` +
 			`host load ${os.loadavg()[0]!.toFixed(2)} (run with nothing else on the machine)\n`,
 	);
 	const r = await runInVm({
@@ -93,6 +96,7 @@ runMain('bench-target', async () => {
 			IODEPTH: String(o.iodepth),
 			JOBS: jobs.map((j) => `${j.name}:${j.rw}:${j.bs}`).join(' '),
 			DMU_KO: ko,
+			DISK: o.disk,
 		},
 	});
 	if (r.kernelProblems.length > 0) process.stderr.write(`bench-target: kernel problems:\n${r.kernelProblems.join('\n')}\n`);

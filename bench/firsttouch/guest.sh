@@ -6,7 +6,8 @@
 #   BASE_MIB COW_MIB        the base image (random data, written by the host) and each CoW area
 #   REGION_MIB              blocks one cold run may touch
 #   BLOCK_SECTORS           CoW block size of both systems (dscow block, dm-snapshot chunk)
-#   RUNTIME REPEAT          cap of one cold run and length of a warm one (seconds), pairs per job
+#   RUNTIME REPEAT          cap of one cold run (seconds), pairs per cold job
+#   WARM_RUNTIME_MS WARM_REPEAT  length of one warm run (ms), pairs per warm job
 #   JOBS                    "name:rw:bs:iodepth:peer:state ..."; peer is snapshot or linear,
 #                           state cold (never-written or forgotten blocks) or warm
 #   DISK_RATES              1: first measure the disk's own rates at depth 32
@@ -136,13 +137,22 @@ for job in $JOBS; do
 		direct=1
 		ioengine=libaio
 		size=${REGION_MIB}M
-		runtime=$RUNTIME
 		randrepeat=0
 		stonewall
 	EOF
-	# A cold run is one pass capped at RUNTIME; a warm one runs for RUNTIME.
-	[ "$state" = warm ] && { echo time_based >>"$f"; prepare_warm; }
-	for rep in $(seq "$REPEAT"); do
+	# A cold run is one pass capped at RUNTIME. A warm one runs for
+	# WARM_RUNTIME_MS, short: the host's speed wanders over every span
+	# measured (a pair of 3 ms runs differs as much as a pair of 2 s runs,
+	# about 15%), so many short pairs say more than a few long ones.
+	pairs=$REPEAT
+	if [ "$state" = warm ]; then
+		printf 'time_based\nruntime=%sms\n' "$WARM_RUNTIME_MS" >>"$f"
+		pairs=$WARM_REPEAT
+		prepare_warm
+	else
+		echo "runtime=$RUNTIME" >>"$f"
+	fi
+	for rep in $(seq "$pairs"); do
 		if [ "$state" = warm ]; then
 			off=$WARM_OFF
 		elif [ "$rw" = read ] || [ "$rw" = randread ]; then
@@ -162,7 +172,7 @@ for job in $JOBS; do
 		done
 	done
 	settle
-	log "$name: $REPEAT pairs, dmu+dscow and $peer"
+	log "$name: $pairs pairs, dmu+dscow and $peer"
 	c0=$(cowd_ticks)
 	fio --eta=never --output-format=json --output="$DMU_OUT/fio-$name.json" "$f" >/dev/null 2>"$DMU_OUT/fio-$name.err"
 	echo "$name $(($(cowd_ticks) - c0))" >>"$DMU_OUT/cowd-ticks.txt"

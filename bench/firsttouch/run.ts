@@ -43,8 +43,10 @@ const program = new Command('bench-firsttouch')
 	.option('--kernel <series>', 'guest kernel series: 6.1 or 6.12', '6.12')
 	.option('--region-mib <n>', 'never-written area of one cold write run, MiB', positive('--region-mib'), 16)
 	.option('--block-kib <n>', 'CoW block of both systems (dscow block, dm-snapshot chunk), KiB', positive('--block-kib'), 64)
-	.option('--runtime <s>', 'cap of one cold run (random writes reach it) and length of one warm run, seconds', positive('--runtime'), 2)
-	.option('--repeat <n>', 'pairs of runs per job; the order alternates', positive('--repeat'), 10)
+	.option('--runtime <s>', 'cap of one cold run (random writes reach it), seconds', positive('--runtime'), 2)
+	.option('--repeat <n>', 'pairs of runs per cold job; the order alternates', positive('--repeat'), 10)
+	.option('--warm-runtime-ms <ms>', 'length of one warm run, milliseconds', positive('--warm-runtime-ms'), 250)
+	.option('--warm-repeat <n>', 'pairs of runs per warm job (default 8 x --repeat: short runs, many pairs)', positive('--warm-repeat'))
 	.option('--cpus <n>', 'guest CPUs', positive('--cpus'), 2)
 	.addOption(clockOption())
 	.option('--jobs <names>', `comma-separated subset of: ${FIRST_TOUCH_JOBS.map((j) => j.name).join(',')}`)
@@ -59,6 +61,8 @@ interface Opts {
 	blockKib: number;
 	runtime: number;
 	repeat: number;
+	warmRuntimeMs: number;
+	warmRepeat?: number;
 	cpus: number;
 	clock: GuestClock;
 	jobs?: string;
@@ -104,6 +108,9 @@ runMain('bench-firsttouch', async () => {
 	}
 	if ((o.regionMib * 1024) % o.blockKib !== 0) throw new DmuError('DMU_ERR_BENCH_ARGS', '--region-mib must be a whole number of blocks');
 	const jobs = pick(FIRST_TOUCH_JOBS, o.jobs, 'job');
+	o.warmRepeat ??= 8 * o.repeat;
+	const warmRepeat = o.warmRepeat;
+	const pairsOf = (j: { warm?: boolean }) => (j.warm ? warmRepeat : o.repeat);
 	const kernel = guestKernels().find((k) => k.series === o.kernel);
 	if (!kernel) throw new DmuError('DMU_ERR_BENCH_KERNEL', `no ${o.kernel} guest kernel in /boot (run .ci/install-deps)`);
 	await ensureModule(kernel.kver);
@@ -121,9 +128,11 @@ runMain('bench-firsttouch', async () => {
 		await makeScratchDisk(disk, baseMib, baseMib + 2 * cowMib + o.regionMib);
 		// What the disk alone allows is worked out for random first writes at depth 32.
 		const ceilingJob = jobs.find((j) => j.name === 'rand-write-qd32');
-		const timeoutSec = 300 + jobs.length * (10 + o.repeat * 2 * (o.runtime + 3));
+		// A run costs its length plus fio's start of a job under TCG.
+		const timeoutSec =
+			300 + jobs.reduce((s, j) => s + 10 + pairsOf(j) * 2 * (j.warm ? o.warmRuntimeMs / 1000 + 1 : o.runtime + 3), 0);
 		process.stdout.write(
-			`bench-firsttouch: ${kernel.kver}, ${jobs.length} jobs x ${o.repeat} pairs, ${o.regionMib} MiB regions, ${o.blockKib} KiB blocks, ` +
+			`bench-firsttouch: ${kernel.kver}, ${jobs.length} jobs (cold: ${o.repeat} pairs, ${o.runtime} s cap; warm: ${warmRepeat} pairs of ${o.warmRuntimeMs} ms), ${o.regionMib} MiB regions, ${o.blockKib} KiB blocks, ` +
 				`${o.cpus} CPUs, clock ${o.clock}, base ${baseMib} MiB; host load ${os.loadavg()[0]!.toFixed(2)} (run with nothing else on the machine)\n`,
 		);
 		const r = await runInVm({
@@ -145,6 +154,8 @@ runMain('bench-firsttouch', async () => {
 				BLOCK_SECTORS: String(blockSectors),
 				RUNTIME: String(o.runtime),
 				REPEAT: String(o.repeat),
+				WARM_RUNTIME_MS: String(o.warmRuntimeMs),
+				WARM_REPEAT: String(warmRepeat),
 				JOBS: jobs.map((j) => `${j.name}:${j.rw}:${j.bs}:${j.iodepth}:${j.peer}:${j.warm ? 'warm' : 'cold'}`).join(' '),
 				DISK_RATES: ceilingJob ? '1' : '0',
 			},
@@ -156,7 +167,7 @@ runMain('bench-firsttouch', async () => {
 		}
 		const read = (f: string) => fs.readFileSync(path.join(r.outDir, f), 'utf8');
 		const ticks = parseTicks(read('cowd-ticks.txt'));
-		const rows = jobs.map((j) => pairRow(j, read(`fio-${j.name}.json`), o.repeat, ticks.get(j.name) ?? Number.NaN));
+		const rows = jobs.map((j) => pairRow(j, read(`fio-${j.name}.json`), pairsOf(j), ticks.get(j.name) ?? Number.NaN));
 		const diskRates = ceilingJob ? parseDiskRates(read('disk-rates.json')) : undefined;
 		const ceilingRow = rows.find((x) => x.job === ceilingJob?.name);
 		const res: Results = {

@@ -3,8 +3,7 @@
  * O_DIRECT) and the host side that reads its rounds.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import t from 'tap';
@@ -14,7 +13,10 @@ import { REPO_ROOT } from '../support/vm.js';
 const run = promisify(execFile);
 
 t.test('abio times the same I/Os on both files, a line per round', async (t) => {
-	const dir = await mkdtemp(join(tmpdir(), 'dmu-hitcost-'));
+	// Under the repo, not the temp folder: O_DIRECT needs a disk file
+	// system, and /tmp may be a tmpfs.
+	await mkdir(join(REPO_ROOT, '.cache'), { recursive: true });
+	const dir = await mkdtemp(join(REPO_ROOT, '.cache', 'hitcost-test-'));
 	t.teardown(() => rm(dir, { recursive: true, force: true }));
 	const abio = join(dir, 'abio');
 	await run('gcc', ['-O2', '-Wall', '-Wextra', '-Werror', '-o', abio, join(REPO_ROOT, 'bench/hitcost/abio.c')]);

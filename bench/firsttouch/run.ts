@@ -19,8 +19,8 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
-import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm } from '../../test/support/vm.js';
-import { clockOption, pick, positive } from '../options.js';
+import { consoleTail, type GuestClock, REPO_ROOT, runInVm } from '../../test/support/vm.js';
+import { blockSectorsFor, clockOption, guestKernelFor, pick, positive } from '../options.js';
 import { ensureModule, makeScratchDisk, scratchDir } from '../scratch.js';
 import {
 	type DiskRates,
@@ -101,18 +101,13 @@ runMain('bench-firsttouch', async () => {
 	program.parse(process.argv);
 	const o = program.opts<Opts>();
 	if (o.pool) return poolFiles(o.pool);
-	if (o.kernel !== '6.1' && o.kernel !== '6.12') throw new DmuError('DMU_ERR_BENCH_ARGS', '--kernel must be 6.1 or 6.12');
-	const blockSectors = o.blockKib * 2;
-	if ((blockSectors & (blockSectors - 1)) !== 0 || o.blockKib < 4 || o.blockKib > 2048) {
-		throw new DmuError('DMU_ERR_BENCH_ARGS', '--block-kib must be a power of two from 4 to 2048');
-	}
+	const kernel = guestKernelFor(o.kernel);
+	const blockSectors = blockSectorsFor(o.blockKib, 4, 2048);
 	if ((o.regionMib * 1024) % o.blockKib !== 0) throw new DmuError('DMU_ERR_BENCH_ARGS', '--region-mib must be a whole number of blocks');
 	const jobs = pick(FIRST_TOUCH_JOBS, o.jobs, 'job');
 	o.warmRepeat ??= 8 * o.repeat;
 	const warmRepeat = o.warmRepeat;
 	const pairsOf = (j: { warm?: boolean }) => (j.warm ? warmRepeat : o.repeat);
-	const kernel = guestKernels().find((k) => k.series === o.kernel);
-	if (!kernel) throw new DmuError('DMU_ERR_BENCH_KERNEL', `no ${o.kernel} guest kernel in /boot (run .ci/install-deps)`);
 	await ensureModule(kernel.kver);
 	for (const f of ['dist/bin/cowd.mjs', 'dist/bin/dscow_tool.mjs', 'dist/bin/dmu.mjs']) {
 		if (!fs.existsSync(path.join(REPO_ROOT, f))) throw new DmuError('DMU_ERR_BENCH_BUILD', `${f} is missing: run npm run build`);
@@ -136,7 +131,7 @@ runMain('bench-firsttouch', async () => {
 				`${o.cpus} CPUs, clock ${o.clock}, base ${baseMib} MiB; host load ${os.loadavg()[0]!.toFixed(2)} (run with nothing else on the machine)\n`,
 		);
 		const r = await runInVm({
-			kernel: o.kernel as KernelSeries,
+			kernel: kernel.series,
 			name: 'bench-firsttouch',
 			script: fs.readFileSync(path.join(REPO_ROOT, 'bench/firsttouch/guest.sh'), 'utf8'),
 			disks: [{ path: disk }],

@@ -15,8 +15,8 @@ import { Command } from 'commander';
 import { execa } from 'execa';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
-import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm } from '../../test/support/vm.js';
-import { clockOption, pick, positive } from '../options.js';
+import { consoleTail, type GuestClock, REPO_ROOT, runInVm } from '../../test/support/vm.js';
+import { blockSectorsFor, clockOption, diskOption, guestKernelFor, pick, positive } from '../options.js';
 import { ensureModule } from '../scratch.js';
 import { formatHitcost, HITCOST_JOBS, type HitcostRow, hitcostRow, parseRounds } from './report.js';
 
@@ -35,7 +35,7 @@ const program = new Command('bench-hitcost')
 			'the target’s own cost per bio, with an interval 5-10 times narrower than fio pairs give. Over null_blk by default.',
 	)
 	.option('--kernel <series>', 'guest kernel series: 6.1 or 6.12', '6.12')
-	.option('--disk <kind>', 'backing device: null (null_blk: no data, a bio costs CPU alone) or virtio (the VM disk)', 'null')
+	.addOption(diskOption('null'))
 	.option('--size-mib <n>', 'area measured (every block mapped first), MiB', positive('--size-mib'), 256)
 	.option('--block-kib <n>', 'dmu block size, KiB (power of two)', positive('--block-kib'), 64)
 	.option('--rounds <n>', 'rounds per job, module and pass', positive('--rounds'), 400)
@@ -99,16 +99,10 @@ async function buildAbio(): Promise<string> {
 runMain('bench-hitcost', async () => {
 	program.parse(process.argv);
 	const o = program.opts<Opts>();
-	if (o.kernel !== '6.1' && o.kernel !== '6.12') throw new DmuError('DMU_ERR_BENCH_ARGS', '--kernel must be 6.1 or 6.12');
-	if (o.disk !== 'virtio' && o.disk !== 'null') throw new DmuError('DMU_ERR_BENCH_ARGS', '--disk must be null or virtio');
-	const blockSectors = o.blockKib * 2;
-	if ((blockSectors & (blockSectors - 1)) !== 0 || blockSectors > 16384) {
-		throw new DmuError('DMU_ERR_BENCH_ARGS', '--block-kib must be a power of two from 1 to 8192');
-	}
+	const kernel = guestKernelFor(o.kernel);
+	const blockSectors = blockSectorsFor(o.blockKib, 1, 8192);
 	if ((o.sizeMib * 1024) % o.blockKib !== 0) throw new DmuError('DMU_ERR_BENCH_ARGS', '--size-mib must be a whole number of blocks');
 	const jobs = pick(HITCOST_JOBS, o.jobs, 'job');
-	const kernel = guestKernels().find((k) => k.series === o.kernel);
-	if (!kernel) throw new DmuError('DMU_ERR_BENCH_KERNEL', `no ${o.kernel} guest kernel in /boot (run .ci/install-deps)`);
 	const modules = o.module?.length ? o.module.map((m) => path.resolve(m)) : [await ensureModule(kernel.kver)];
 	for (const v of o.variant ?? []) modules.push(await buildVariant(v, kernel.kver));
 	for (const m of modules) if (!fs.existsSync(m)) throw new DmuError('DMU_ERR_BENCH_MODULE', `no such module: ${m}`);
@@ -128,7 +122,7 @@ runMain('bench-hitcost', async () => {
 			`${jobs.length} jobs x ${o.rounds} rounds, ${o.cpus} CPUs, clock ${o.clock}; host load ${os.loadavg()[0]!.toFixed(2)} (run with nothing else on the machine)\n`,
 	);
 	const r = await runInVm({
-		kernel: o.kernel as KernelSeries,
+		kernel: kernel.series,
 		name: 'bench-hitcost',
 		script: fs.readFileSync(path.join(REPO_ROOT, 'bench/hitcost/guest.sh'), 'utf8'),
 		disks: o.disk === 'virtio' ? [{ sizeMiB: o.sizeMib }] : [],

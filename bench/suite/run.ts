@@ -17,8 +17,8 @@ import { Command } from 'commander';
 import { execa } from 'execa';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
-import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm, type VmResult } from '../../test/support/vm.js';
-import { clockOption, pick, positive } from '../options.js';
+import { consoleTail, type GuestClock, type KernelSeries, REPO_ROOT, runInVm, type VmResult } from '../../test/support/vm.js';
+import { blockSectorsFor, clockOption, guestKernelFor, pick, positive } from '../options.js';
 import { ensureModule, makeScratchDisk, scratchDir } from '../scratch.js';
 import { collectSystem, markdown, SUITE_JOBS, type SuiteJob, type SuiteResults, SYSTEMS, type SystemSpec, svgChart } from './report.js';
 
@@ -123,11 +123,8 @@ function fromRunDir(dir: string): VmResult {
 runMain('bench', async () => {
 	program.parse(process.argv);
 	const o = program.opts<Opts>();
-	if (o.kernel !== '6.1' && o.kernel !== '6.12') throw new DmuError('DMU_ERR_BENCH_ARGS', '--kernel must be 6.1 or 6.12');
-	const blockBytes = o.blockKib * 1024;
-	if ((blockBytes & (blockBytes - 1)) !== 0 || o.blockKib < 4 || o.blockKib > 2048) {
-		throw new DmuError('DMU_ERR_BENCH_ARGS', '--block-kib must be a power of two from 4 to 2048');
-	}
+	const kernel = guestKernelFor(o.kernel);
+	blockSectorsFor(o.blockKib, 4, 2048);
 	const systems = pick(SYSTEMS, o.systems, 'system');
 	const jobs = pick(SUITE_JOBS, o.jobs, 'job');
 	// Every cold run, the time-to-first-byte reads and the MAP-rate runs get their own never-touched region.
@@ -135,8 +132,6 @@ runMain('bench', async () => {
 	if (regions * o.regionMib > o.baseMib) {
 		throw new DmuError('DMU_ERR_BENCH_ARGS', `--base-mib must be at least ${regions * o.regionMib} (${regions} regions of ${o.regionMib} MiB)`);
 	}
-	const kernel = guestKernels().find((k) => k.series === o.kernel);
-	if (!kernel) throw new DmuError('DMU_ERR_BENCH_KERNEL', `no ${o.kernel} guest kernel in /boot (run .ci/install-deps)`);
 	await ensureModule(kernel.kver);
 	for (const f of ['dist/bin/cowd.mjs', 'dist/bin/dscow_tool.mjs']) {
 		if (!fs.existsSync(path.join(REPO_ROOT, f))) throw new DmuError('DMU_ERR_BENCH_BUILD', `${f} is missing: run npm run build`);

@@ -13,8 +13,8 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
-import { consoleTail, type GuestClock, guestKernels, type KernelSeries, REPO_ROOT, runInVm } from '../../test/support/vm.js';
-import { clockOption, pick, positive } from '../options.js';
+import { consoleTail, type GuestClock, REPO_ROOT, runInVm } from '../../test/support/vm.js';
+import { blockSectorsFor, clockOption, diskOption, guestKernelFor, pick, positive } from '../options.js';
 import { ensureModule } from '../scratch.js';
 import { JOBS, formatTable, parseFio, type Row, responderStats, row } from './report.js';
 
@@ -28,7 +28,7 @@ const program = new Command('bench-target')
 	.option('--repeat <n>', 'pairs of runs (dm-linear, dmu) per job; the order alternates', positive('--repeat'), 10)
 	.option('--iodepth <n>', 'fio libaio queue depth', positive('--iodepth'), 16)
 	.option('--cpus <n>', 'guest CPUs', positive('--cpus'), 2)
-	.option('--disk <kind>', 'backing device: virtio (the VM disk) or null (null_blk: no data, a bio costs CPU alone)', 'virtio')
+	.addOption(diskOption('virtio'))
 	.addOption(clockOption())
 	.option('--jobs <names>', `comma-separated subset of: ${JOBS.map((j) => j.name).join(',')}`)
 	.option('--build', 'run make -C kernel KVER=... first (default: only when dmu.ko is missing)')
@@ -57,16 +57,10 @@ interface Opts {
 runMain('bench-target', async () => {
 	program.parse(process.argv);
 	const o = program.opts<Opts>();
-	if (o.kernel !== '6.1' && o.kernel !== '6.12') throw new DmuError('DMU_ERR_BENCH_ARGS', '--kernel must be 6.1 or 6.12');
-	if (o.disk !== 'virtio' && o.disk !== 'null') throw new DmuError('DMU_ERR_BENCH_ARGS', '--disk must be virtio or null');
-	const blockSectors = o.blockKib * 2;
-	if ((blockSectors & (blockSectors - 1)) !== 0 || blockSectors > 16384) {
-		throw new DmuError('DMU_ERR_BENCH_ARGS', '--block-kib must be a power of two from 1 to 8192');
-	}
+	const kernel = guestKernelFor(o.kernel);
+	const blockSectors = blockSectorsFor(o.blockKib, 1, 8192);
 	if ((o.sizeMib * 1024) % o.blockKib !== 0) throw new DmuError('DMU_ERR_BENCH_ARGS', '--size-mib must be a whole number of blocks');
 	const jobs = pick(JOBS, o.jobs, 'job');
-	const kernel = guestKernels().find((k) => k.series === o.kernel);
-	if (!kernel) throw new DmuError('DMU_ERR_BENCH_KERNEL', `no ${o.kernel} guest kernel in /boot (run .ci/install-deps)`);
 	const ko = o.module ? path.resolve(o.module) : await ensureModule(kernel.kver, o.build === true);
 	if (!fs.existsSync(ko)) throw new DmuError('DMU_ERR_BENCH_MODULE', `no such module: ${ko}`);
 	if (!fs.existsSync(path.join(REPO_ROOT, 'dist/test/support/responder-cli.js'))) {
@@ -80,7 +74,7 @@ runMain('bench-target', async () => {
 			`host load ${os.loadavg()[0]!.toFixed(2)} (run with nothing else on the machine)\n`,
 	);
 	const r = await runInVm({
-		kernel: o.kernel as KernelSeries,
+		kernel: kernel.series,
 		name: 'bench-target',
 		script: fs.readFileSync(path.join(REPO_ROOT, 'bench/target/guest.sh'), 'utf8'),
 		disks: [{ sizeMiB: o.sizeMib }],

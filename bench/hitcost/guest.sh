@@ -3,7 +3,7 @@
 # see README.md). Runs as root in the QEMU guest, in the repo, with:
 #   KVER DMU_OUT            from the VM harness
 #   MODULES                 dmu.ko files (host paths, seen via 9p), loaded in
-#                           turn; the second pass loads them in reverse order
+#                           turn; even passes load them in reverse order
 #   SIZE_MIB BLOCK_SECTORS  area measured (every block mapped first), dmu block
 #   JOBS                    "name:rw:bytes:per_round:order ..." with rw read or
 #                           write and order seq or rand

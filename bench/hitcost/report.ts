@@ -38,7 +38,7 @@ export function parseRounds(text: string): number[] {
 
 export interface HitcostRow {
 	job: string;
-	/** Which build of dmu.ko (its index in --module, or "HEAD"). */
+	/** Which build of dmu.ko: a variant's name, "N: path" for --module N, or "kernel/build". */
 	module: string;
 	/** One entry per pass: mean ratio of that pass's rounds. */
 	passes: number[];

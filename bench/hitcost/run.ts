@@ -103,19 +103,17 @@ runMain('bench-hitcost', async () => {
 	const blockSectors = blockSectorsFor(o.blockKib, 1, 8192);
 	if ((o.sizeMib * 1024) % o.blockKib !== 0) throw new DmuError('DMU_ERR_BENCH_ARGS', '--size-mib must be a whole number of blocks');
 	const jobs = pick(HITCOST_JOBS, o.jobs, 'job');
-	const modules = o.module?.length ? o.module.map((m) => path.resolve(m)) : [await ensureModule(kernel.kver)];
-	for (const v of o.variant ?? []) modules.push(await buildVariant(v, kernel.kver));
+	// Each build with the name its rows carry.
+	const builds: { label: string; ko: string }[] = o.module?.length
+		? o.module.map((m, i) => ({ label: `${i}: ${m}`, ko: path.resolve(m) }))
+		: [{ label: 'kernel/build', ko: await ensureModule(kernel.kver) }];
+	for (const v of o.variant ?? []) builds.push({ label: v, ko: await buildVariant(v, kernel.kver) });
+	const modules = builds.map((b) => b.ko);
 	for (const m of modules) if (!fs.existsSync(m)) throw new DmuError('DMU_ERR_BENCH_MODULE', `no such module: ${m}`);
 	if (!fs.existsSync(path.join(REPO_ROOT, 'dist/test/support/responder-cli.js'))) {
 		throw new DmuError('DMU_ERR_BENCH_BUILD', 'dist/test/support/responder-cli.js is missing: run npm run build');
 	}
 	const abio = await buildAbio();
-	const label = (i: number) => {
-		const rel = path.relative(REPO_ROOT, modules[i]!);
-		const variant = /^\.cache\/hitcost\/variants\/([^/]+)\//.exec(rel);
-		if (variant) return variant[1]!;
-		return o.module?.length ? `${i}: ${rel}` : 'kernel/build';
-	};
 
 	process.stdout.write(
 		`bench-hitcost: ${kernel.kver}, ${o.disk} disk, ${o.sizeMib} MiB, ${o.blockKib} KiB blocks, ${modules.length} module(s) x ${o.passes} passes x ` +
@@ -149,11 +147,11 @@ runMain('bench-hitcost', async () => {
 
 	const rows: HitcostRow[] = [];
 	for (const j of jobs) {
-		for (let i = 0; i < modules.length; i++) {
+		for (const [i, build] of builds.entries()) {
 			const perPass = Array.from({ length: o.passes }, (_, p) =>
 				parseRounds(fs.readFileSync(path.join(r.outDir, `rounds-${p + 1}-${i}-${j.name}.txt`), 'utf8')),
 			);
-			rows.push(hitcostRow(j.name, label(i), perPass));
+			rows.push(hitcostRow(j.name, build.label, perPass));
 		}
 	}
 	process.stdout.write(`\n${formatHitcost(rows)}\n\nVM ${Math.round(r.durationMs / 1000)} s, run directory ${r.outDir}\n`);

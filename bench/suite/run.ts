@@ -17,7 +17,7 @@ import { Command } from 'commander';
 import { execa } from 'execa';
 import { runMain } from '../../src/cli/run.js';
 import { DmuError } from '../../src/errors.js';
-import { consoleTail, type GuestClock, type KernelSeries, REPO_ROOT, runInVm, type VmResult } from '../../test/support/vm.js';
+import { consoleTail, type GuestClock, type GuestKernel, REPO_ROOT, runInVm, type VmResult } from '../../test/support/vm.js';
 import { blockSectorsFor, clockOption, guestKernelFor, pick, positive } from '../options.js';
 import { ensureModule, makeScratchDisk, scratchDir } from '../scratch.js';
 import { collectSystem, markdown, SUITE_JOBS, type SuiteJob, type SuiteResults, SYSTEMS, type SystemSpec, svgChart } from './report.js';
@@ -78,18 +78,18 @@ function elapsed(t0: number): string {
 }
 
 /** Make the scratch disk and run the guest script in one VM boot. */
-async function boot(o: Opts, kver: string, systems: SystemSpec[], jobs: SuiteJob[], disk: string): Promise<VmResult> {
+async function boot(o: Opts, kernel: GuestKernel, systems: SystemSpec[], jobs: SuiteJob[], disk: string): Promise<VmResult> {
 	const totalMib = await makeDisk(disk, o.baseMib);
 	const perSystem = jobs.length * o.repeat * 2 * (o.runtime + 8) + (o.repeat + 1) * (o.runtime + 8) + 60;
 	const timeoutSec = 240 + systems.length * perSystem + 120;
 	const t0 = Date.now();
 	process.stdout.write(
-		`bench: ${kver}, ${systems.map((s) => s.label).join(', ')}; ${jobs.length} jobs x cold/warm x ${o.repeat}, ` +
+		`bench: ${kernel.kver}, ${systems.map((s) => s.label).join(', ')}; ${jobs.length} jobs x cold/warm x ${o.repeat}, ` +
 			`${o.runtime} s each, ${o.regionMib} MiB regions, ${o.blockKib} KiB blocks, ${totalMib} MiB scratch disk, clock ${o.clock}; ` +
 			`host load ${os.loadavg()[0]!.toFixed(2)}; VM bound ${timeoutSec} s\n`,
 	);
 	return runInVm({
-		kernel: o.kernel as KernelSeries,
+		kernel: kernel.series,
 		name: 'bench-suite',
 		script: fs.readFileSync(path.join(REPO_ROOT, 'bench/suite/guest.sh'), 'utf8'),
 		disks: [{ path: disk }],
@@ -147,7 +147,7 @@ runMain('bench', async () => {
 	const tmp = scratchDir('dmu-bench-');
 	const disk = path.join(tmp, 'scratch.img');
 	try {
-		const r = o.from ? fromRunDir(o.from) : await boot(o, kernel.kver, systems, jobs, disk);
+		const r = o.from ? fromRunDir(o.from) : await boot(o, kernel, systems, jobs, disk);
 		if (r.kernelProblems.length > 0) process.stderr.write(`bench: kernel problems:\n${r.kernelProblems.join('\n')}\n`);
 		const read = (f: string) => {
 			const p = path.join(r.outDir, f);

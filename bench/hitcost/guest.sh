@@ -15,6 +15,7 @@
 # Each round file holds one line per round: seconds on dm-linear, seconds
 # on dmu, for the same I/Os.
 set -euo pipefail
+. bench/identity-guest.sh
 
 log() { echo "hitcost: $*"; }
 SECTORS=$((SIZE_MIB * 2048))
@@ -23,8 +24,7 @@ RLOG=/tmp/responder.jsonl
 modprobe dm-mod
 DEV=/dev/vda
 if [ "${DISK:-null}" = null ]; then
-	modprobe null_blk nr_devices=1 gb=$(((SIZE_MIB + 1023) / 1024)) irqmode=0 memory_backed=0
-	DEV=/dev/nullb0
+	DEV=$(null_blk_device "$SIZE_MIB")
 else
 	# So that no measured write pays for the host allocating the image file.
 	dd if=/dev/zero of=$DEV bs=1M count="$SIZE_MIB" oflag=direct status=none
@@ -35,14 +35,7 @@ measure() { # pass index module
 	insmod "$ko"
 	dmsetup create hc-lin --table "0 $SECTORS linear $DEV 0"
 	dmsetup create hc-dmu --table "0 $SECTORS userspace hitcost $BLOCK_SECTORS $DEV"
-	# The identity responder: every block maps to the same place on $DEV,
-	# writable, so after one miss per block every bio takes the hit path.
-	rm -f /tmp/responder.ready
-	node dist/test/support/responder-cli.js --device /dev/dmu/hitcost \
-		--log "$RLOG" --ready /tmp/responder.ready 2>>"$DMU_OUT/responder.stderr" &
-	local rpid=$!
-	for _ in $(seq 300); do [ -e /tmp/responder.ready ] && break; sleep 0.1; done
-	[ -e /tmp/responder.ready ] || { log "responder did not start"; exit 1; }
+	start_identity_responder hitcost "$RLOG"
 	dd if=/dev/mapper/hc-dmu of=/dev/null bs=1M iflag=direct status=none
 	for job in $JOBS; do
 		IFS=: read -r name rw bytes per order <<<"$job"
@@ -56,8 +49,8 @@ measure() { # pass index module
 	done
 	dmsetup status hc-dmu >"$DMU_OUT/status-$pass-$idx.txt"
 	log "pass $pass, module $idx ($ko): $(cat "$DMU_OUT/status-$pass-$idx.txt")"
-	kill -TERM "$rpid"
-	wait "$rpid" || true
+	kill -TERM "$RPID"
+	wait "$RPID" || true
 	dmsetup remove hc-dmu
 	dmsetup remove hc-lin
 	rmmod dmu

@@ -13,6 +13,7 @@
 #                                CPU alone and the two targets' own costs show
 # The backing device is the one both targets map.
 set -euo pipefail
+. bench/identity-guest.sh
 
 log() { echo "bench: $*"; }
 SECTORS=$((SIZE_MIB * 2048))
@@ -22,19 +23,12 @@ modprobe dm-mod
 insmod "${DMU_KO:-kernel/build/$KVER/dmu.ko}"
 DEV=/dev/vda
 if [ "${DISK:-virtio}" = null ]; then
-	modprobe null_blk nr_devices=1 gb=$(((SIZE_MIB + 1023) / 1024)) irqmode=0 memory_backed=0
-	DEV=/dev/nullb0
+	DEV=$(null_blk_device "$SIZE_MIB")
 fi
 dmsetup create bench-lin --table "0 $SECTORS linear $DEV 0"
 dmsetup create bench-dmu --table "0 $SECTORS userspace bench $BLOCK_SECTORS $DEV"
 
-# The identity responder: every block maps to the same place on $DEV,
-# writable, so after one miss per block every bio takes the hit path.
-node dist/test/support/responder-cli.js --device /dev/dmu/bench \
-	--log "$RLOG" --ready /tmp/responder.ready 2>"$DMU_OUT/responder.stderr" &
-RPID=$!
-for _ in $(seq 300); do [ -e /tmp/responder.ready ] && break; sleep 0.1; done
-[ -e /tmp/responder.ready ] || { log "responder did not start"; exit 1; }
+start_identity_responder bench "$RLOG"
 
 # Prefill the backing device through dm-linear, so that no measured job
 # pays for the host allocating the sparse image file underneath.
